@@ -1,0 +1,5 @@
+import sys
+
+from dpcdvae.cli import main
+
+sys.exit(main())
