@@ -1,0 +1,93 @@
+"""``dpcdvae data ...`` commands: thin argparse wrappers around the typed data functions."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from dpcdvae.cli import CLIError
+
+_DATASETS = ("perov_5", "carbon_24", "mp_20")
+_SPLITS = ("train", "val", "test")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``data prepare`` and ``data check-graph``."""
+    data = subparsers.add_parser("data", help="prepare the benchmark datasets")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
+
+    p = sub.add_parser(
+        "prepare",
+        help="CSV splits -> tensor cache + scalers",
+        description="Parse the CIFs of DATASET's CSV splits (Niggli + canonical lattice), write "
+        "<cache-dir>/DATASET/<split>.pt, scalers.json and report.json. Source: --source, else "
+        "$DPCDVAE_DATA, else download CDVAE's CSVs.",
+    )
+    p.add_argument("dataset", choices=_DATASETS)
+    p.add_argument("--source", default=None, help="folder with DATASET/<split>.csv[.gz] (default: $DPCDVAE_DATA)")
+    p.add_argument("--cache-dir", default=None, help="cache root (default: $DPCDVAE_CACHE or ~/.cache/dpcdvae)")
+    p.add_argument("--workers", type=int, default=2, help="preprocessing processes (default 2)")
+    p.add_argument("--splits", nargs="+", choices=_SPLITS, default=list(_SPLITS))
+    p.add_argument("--train-split", choices=_SPLITS, default=None,
+                   help="split the scalers are fitted on (default train), e.g. val for carbon_24")
+    p.add_argument("--limit", type=int, default=None, help="only the first N rows of every split")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_prepare)
+
+    c = sub.add_parser(
+        "check-graph",
+        help="compare our periodic radius graph with pymatgen's neighbour list",
+        description="Build the exact periodic radius graph of preprocessed crystals with dpcdvae.geometry "
+        "and with pymatgen's Structure.get_neighbor_list; the last line is 'mismatches: K of N structures'.",
+    )
+    c.add_argument("--source", default=None, help="folder with DATASET/<split>.csv[.gz] (default: $DPCDVAE_DATA)")
+    c.add_argument("--dataset", required=True, choices=_DATASETS)
+    c.add_argument("--split", required=True, choices=_SPLITS)
+    c.add_argument("--limit", type=int, default=None, help="first N rows (default: all)")
+    c.add_argument("--cutoff", type=float, default=7.0, help="radius in Å (default 7.0)")
+    c.add_argument("--device", default="cpu", help="torch device for our graph (default cpu)")
+    c.set_defaults(func=_check_graph)
+
+
+def _source(arg: str | None) -> str:
+    src = arg or os.environ.get("DPCDVAE_DATA")
+    if not src:
+        raise CLIError("no data source: pass --source DIR or set DPCDVAE_DATA")
+    return src
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from dpcdvae.data.cache import resolve_cache_dir
+    from dpcdvae.data.prepare import prepare_dataset
+
+    if args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
+    report = prepare_dataset(
+        args.dataset,
+        source=args.source,
+        cache_dir=resolve_cache_dir(args.cache_dir),
+        splits=tuple(args.splits),
+        workers=args.workers,
+        train_split=args.train_split,
+        limit=args.limit,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    for line in report.lines():
+        print(line)
+    print(f"{report.label}: done in {report.seconds:.1f} s; report in "
+          f"{os.path.join(report.cache_dir, report.dataset, 'report.json')}")
+    return 0
+
+
+def _check_graph(args: argparse.Namespace) -> int:
+    from dpcdvae.data.graph_check import check_graph
+
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit must be >= 1, got {args.limit}")
+    result = check_graph(_source(args.source), args.dataset, args.split, args.limit, args.cutoff,
+                         device=args.device)
+    for line in result.lines():
+        print(line)
+    return 1 if result.n_mismatches else 0
