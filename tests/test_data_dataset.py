@@ -83,6 +83,13 @@ def test_round_trip_and_device(tmp_path):
     _check_batch(back, torch.tensor([4, 2]), b.to("cpu"))
 
 
+def test_subset_keeps_ids():
+    ds = _random_dataset()
+    sub = ds.subset(torch.tensor([5, 0, 9]))
+    assert len(sub) == 3 and sub.material_ids == ["m5", "m0", "m9"] and sub.prop_names == ["p", "q"]
+    _check_batch(ds, torch.tensor([5, 0, 9]), sub.batch(torch.arange(3)))
+
+
 def test_inconsistent_tensors_are_rejected():
     ds = _random_dataset()
     with pytest.raises(ValueError, match="inconsistent"):

@@ -166,6 +166,13 @@ class CrystalDataset:
 
     __getitem__ = batch
 
+    def subset(self, idx: Tensor) -> "CrystalDataset":
+        """A new dataset of the crystals ``idx`` ([b] int64, in that order), ids and meta kept."""
+        b = self.batch(idx)
+        ids = [self.material_ids[i] for i in torch.as_tensor(idx).reshape(-1).tolist()]
+        return CrystalDataset(b.frac_coords, b.atom_types, b.num_atoms, b.lengths, b.angles, b.props, b.index,
+                              material_ids=ids, prop_names=self.prop_names, meta=self.meta)
+
     def iter_batches(
         self,
         batch_size: int,
