@@ -1,0 +1,65 @@
+"""On-disk cache of evaluated ground-truth tables (validity, fingerprints, descriptors).
+
+A table is stored as ``<cache_dir>/<dataset>/eval/<split>-<key>.npz`` (numpy arrays only, read with
+``allow_pickle=False``); the key hashes the CSV file's sha256, the selected rows, the evaluation
+settings and ``EVAL_CACHE_VERSION``, so a changed file or setting never reuses a stale entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EVAL_CACHE_VERSION = 1
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    """Cache root: ``cache_dir``, else ``$DPCDVAE_CACHE``, else ``~/.cache/dpcdvae``
+    (the rule of ``dpcdvae.data.cache.resolve_cache_dir``)."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("DPCDVAE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "dpcdvae"
+
+
+def table_key(file_sha256: str, rows: np.ndarray | None, settings: dict[str, Any]) -> str:
+    """16-hex-digit key of (file content, selected rows, settings, cache version)."""
+    h = hashlib.sha256()
+    h.update(file_sha256.encode())
+    h.update(b"all" if rows is None else np.asarray(rows, dtype=np.int64).tobytes())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update(str(EVAL_CACHE_VERSION).encode())
+    return h.hexdigest()[:16]
+
+
+def table_path(cache_dir: Path, dataset: str, split: str, key: str) -> Path:
+    return cache_dir / dataset / "eval" / f"{split}-{key}.npz"
+
+
+def save_table(path: Path, table: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write atomically (temp file + rename) so parallel runs never read a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, __meta__=np.array(json.dumps(meta)), **table)
+    os.replace(tmp, path)
+
+
+def load_table(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """(table, meta), or None when absent or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            table = {k: data[k] for k in data.files if k != "__meta__"}
+            meta = json.loads(str(data["__meta__"]))
+    except Exception:
+        return None
+    return table, meta

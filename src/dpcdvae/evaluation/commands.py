@@ -1,0 +1,123 @@
+"""``dpcdvae evaluate recon|gen``: thin argparse wrappers around ``evaluate_recon`` / ``evaluate_gen``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dpcdvae.cli import CLIError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="perov_5 | carbon_24 | mp_20")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="ground-truth split (default test)")
+    p.add_argument("--source", default=None, help="folder with DATASET/<split>.csv[.gz] (default: $DPCDVAE_DATA)")
+    p.add_argument("--out", required=True, help="metrics JSON to write")
+    p.add_argument("--report", default=None,
+                   help="folder for report.md + PNGs (default: <out without .json>_report next to --out)")
+    p.add_argument("--no-report", action="store_true", help="write metrics.json only")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: os.cpu_count())")
+    p.add_argument("--oxidation-states", default="smact14", choices=("smact14", "icsd24"),
+                   help="SMACT oxidation-state set (default smact14, CDVAE's era)")
+    p.add_argument("--pauling-missing", default="pass", choices=("pass", "fail"),
+                   help="missing electronegativity in the Pauling test: pass (CDVAE, default) or fail (smact 4)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` command group with ``recon`` and ``gen``."""
+    ev = subparsers.add_parser("evaluate", help="CDVAE metrics of reconstructions or generated crystals")
+    sub = ev.add_subparsers(dest="evaluate_command", metavar="SUBCOMMAND")
+    ev.set_defaults(func=lambda args: (ev.print_help(), 2)[1])
+
+    r = sub.add_parser(
+        "recon", help="match rate and RMS of reconstructions",
+        description="Match every valid prediction to its ground truth with StructureMatcher(stol 0.5, angle_tol 10, "
+        "ltol 0.3); match rate over ALL ground-truth crystals, mean normalised RMS over matches, RMS errors of "
+        "lattice lengths/angles. PRED: sample folder with samples.pt (index = CSV rows), a folder of CIFs or an "
+        "extxyz (paired with CSV rows in order).")
+    r.add_argument("--pred", required=True, help="predictions (sample folder, CIF folder, .extxyz)")
+    _common(r)
+    r.add_argument("--no-fp-check", action="store_true",
+                   help="skip CDVAE's fingerprint-failure validity check (faster; a deviation)")
+    r.set_defaults(func=_recon)
+
+    g = sub.add_parser(
+        "gen", help="validity, COV, Wasserstein distances of generated crystals",
+        description="CDVAE generation metrics of SAMPLES (sample folder, CIF folder, .extxyz, or a dataset "
+        "CSV scored as if generated) against the ground-truth split. The ground truth's fingerprints are "
+        "cached in the cache dir.")
+    g.add_argument("--samples", required=True, help="generated crystals")
+    _common(g)
+    g.add_argument("--cache-dir", default=None, help="cache root (default: $DPCDVAE_CACHE or ~/.cache/dpcdvae)")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the fingerprint cache")
+    g.add_argument("--prop-ckpt", default=None, help="property-model checkpoint for W(E) (else W(E) is null)")
+    g.add_argument("--prop-device", default="cpu", help="torch device of the property model (default cpu)")
+    g.add_argument("--n-wdist", type=int, default=1000, help="valid crystals for W distances (default 1000)")
+    g.add_argument("--seed", type=int, default=0, help="seed choosing those crystals (default 0)")
+    g.add_argument("--max-samples", type=int, default=None, help="score a fixed random subset of SAMPLES")
+    g.add_argument("--subset-seed", type=int, default=0, help="seed of that subset (default 0)")
+    g.add_argument("--struct-cutoff", type=float, default=None, help="override the COV structure cutoff")
+    g.add_argument("--comp-cutoff", type=float, default=None, help="override the COV composition cutoff")
+    g.set_defaults(func=_gen)
+
+
+def _report_dir(args: argparse.Namespace) -> Path | None:
+    if args.no_report:
+        return None
+    if args.report:
+        return Path(args.report)
+    out = Path(args.out)
+    return out.with_name(out.name[: -len(".json")] + "_report" if out.name.endswith(".json") else out.name + "_report")
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.workers is not None and args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
+
+
+def _recon(args: argparse.Namespace) -> int:
+    from dpcdvae.evaluation.recon import evaluate_recon
+
+    _check(args)
+    res = evaluate_recon(Path(args.pred), args.dataset, split=args.split, source=args.source, out=Path(args.out),
+                         report_dir=_report_dir(args), workers=args.workers, fp_check=not args.no_fp_check,
+                         oxidation_states=args.oxidation_states, pauling_missing=args.pauling_missing,
+                         progress=not args.no_progress)
+    print(f"match_rate {res['match_rate']:.4f}  rms_dist {res['rms_dist'] if res['rms_dist'] is None else round(res['rms_dist'], 4)}"
+          f"  valid {res['validity']['valid']:.4f}  ({res['n_pred']} predictions, {res['n_gt']} ground truth) "
+          f"-> {args.out}")
+    for warn in res.get("warnings", []):
+        print(f"warning: {warn}", file=sys.stderr)
+    return 0
+
+
+def _gen(args: argparse.Namespace) -> int:
+    from dpcdvae.evaluation.gen import evaluate_gen
+
+    _check(args)
+    if args.n_wdist < 1:
+        raise CLIError(f"--n-wdist must be >= 1, got {args.n_wdist}")
+    if args.max_samples is not None and args.max_samples < 1:
+        raise CLIError(f"--max-samples must be >= 1, got {args.max_samples}")
+    res = evaluate_gen(Path(args.samples), args.dataset, split=args.split, source=args.source, out=Path(args.out),
+                       report_dir=_report_dir(args), workers=args.workers, cache_dir=args.cache_dir,
+                       use_cache=not args.no_cache, prop_ckpt=Path(args.prop_ckpt) if args.prop_ckpt else None,
+                       prop_device=args.prop_device, n_wdist=args.n_wdist, seed=args.seed,
+                       max_samples=args.max_samples, subset_seed=args.subset_seed,
+                       oxidation_states=args.oxidation_states, pauling_missing=args.pauling_missing,
+                       struct_cutoff=args.struct_cutoff, comp_cutoff=args.comp_cutoff,
+                       progress=not args.no_progress)
+    v, c, w = res["validity"], res["coverage"], res["wdist"]
+
+    def f(x):
+        return "null" if x is None else f"{x:.4f}"
+
+    print(f"valid {f(v['valid'])} (comp {f(v['comp_valid'])}, struct {f(v['struct_valid'])})  "
+          f"COV-R {f(c['cov_recall'])}  COV-P {f(c['cov_precision'])}  W(rho) {f(w['wdist_density'])}  "
+          f"W(#elem) {f(w['wdist_num_elems'])}  W(E) {f(w['wdist_prop'])}  -> {args.out}")
+    for warn in res.get("warnings", []):
+        print(f"warning: {warn}", file=sys.stderr)
+    return 0

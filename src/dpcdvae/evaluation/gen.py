@@ -1,0 +1,272 @@
+"""``evaluate_gen``: CDVAE generation metrics of any set of crystals against a dataset split.
+
+Metrics (CDVAE GenEval, REFERENCE.md section 2): validity (comp / struct / both, over ALL crystals;
+a fingerprint failure makes a crystal invalid), COV-R / COV-P and AMSD / AMCD against the test split,
+comp_div / struct_div and Wasserstein distances of density (g/cm^3), number of elements and the
+property (formation energy; needs a property-model checkpoint) between ``n_wdist`` random valid
+crystals (fixed, reported seed) and all ground-truth crystals.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dpcdvae.evaluation.io import CrystalInput
+from dpcdvae.evaluation.worker import EvalOptions
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("pymatgen", "matminer", "smact", "scipy", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def evaluate_items(items: list[CrystalInput], opts: EvalOptions, executor, workers: int, progress: bool,
+                   desc: str) -> dict[str, np.ndarray]:
+    """Evaluate crystals (in parallel when ``executor`` is given) -> record table."""
+    from dpcdvae.evaluation.worker import evaluate_crystal, records_to_table, run_parallel
+
+    records = run_parallel(functools.partial(evaluate_crystal, opts=opts), items, executor, workers, progress, desc)
+    return records_to_table(records)
+
+
+def evaluate_csv_cached(csv_path: Path, dataset: str, split_label: str, opts: EvalOptions, executor, workers: int,
+                        cache_dir: Path | None, progress: bool, rows: np.ndarray | None = None,
+                        ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Evaluate (rows of) a dataset CSV as ground truth (CDVAE preprocessing), through the cache.
+
+    Returns: (table, info) with info = csv, sha256, n, rows_subset, cache (path or None), cache_hit,
+    seconds."""
+    from dpcdvae.evaluation import cache as ec
+    from dpcdvae.evaluation.io import file_sha256, read_csv_structures
+
+    t0 = time.perf_counter()
+    sha = file_sha256(csv_path)
+    settings = {"opts": opts.__dict__, "preprocess": "niggli+canonical", "versions": library_versions()}
+    key = ec.table_key(sha, rows, settings)
+    path = ec.table_path(cache_dir, dataset, split_label, key) if cache_dir is not None else None
+    hit = ec.load_table(path) if path is not None else None
+    if hit is not None:
+        table = hit[0]
+    else:
+        loaded = read_csv_structures(csv_path, preprocess=True, rows=rows)
+        table = evaluate_items(loaded.items, opts, executor, workers, progress, f"{dataset}/{split_label}")
+        if path is not None:
+            ec.save_table(path, table, {"csv": str(csv_path), "sha256": sha, "settings": settings})
+    info = {"csv": str(csv_path), "sha256": sha, "n": int(table["valid"].shape[0]),
+            "rows_subset": rows is not None, "cache": str(path) if path else None, "cache_hit": hit is not None,
+            "seconds": round(time.perf_counter() - t0, 3)}
+    return table, info
+
+
+def gen_metrics(gen: dict[str, np.ndarray], gt: dict[str, np.ndarray], struct_cutoff: float, comp_cutoff: float,
+                n_wdist: int = 1000, seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
+    """All GenEval metrics except the property distance, from two record tables.
+
+    Returns: (metrics dict, rows of ``gen`` used for the Wasserstein distances and diversities).
+    """
+    from dpcdvae.evaluation.fingerprints import normalise_comp_fps
+    from dpcdvae.evaluation.metrics import choose_subset, coverage, mean_pdist, validity_summary, wasserstein
+
+    out: dict[str, Any] = {"validity": validity_summary(gen)}
+    valid_rows = np.flatnonzero(gen["valid"])
+    rows = choose_subset(valid_rows, n_wdist, seed)
+    warnings = []
+    if valid_rows.size < n_wdist:
+        warnings.append(f"only {valid_rows.size} valid crystals (< {n_wdist}): W distances and diversity use all of them")
+    gt_ok = gt["constructed"]
+    out["wdist"] = {
+        "n_samples": int(rows.size), "seed": seed, "n_gt": int(gt_ok.sum()),
+        "wdist_density": wasserstein(gen["density"][rows], gt["density"][gt_ok]),
+        "wdist_num_elems": wasserstein(gen["n_elems"][rows], gt["n_elems"][gt_ok]),
+    }
+    out["diversity"] = {
+        "comp_div": mean_pdist(normalise_comp_fps(gen["comp_fp"][rows])),
+        "struct_div": mean_pdist(gen["struct_fp"][rows]),
+    }
+    g_fp = gen["has_struct_fp"] & gen["has_comp_fp"]
+    t_fp = gt["has_struct_fp"] & gt["has_comp_fp"]
+    cov = coverage(gen["struct_fp"][g_fp], normalise_comp_fps(gen["comp_fp"][g_fp]),
+                   gt["struct_fp"][t_fp], normalise_comp_fps(gt["comp_fp"][t_fp]),
+                   struct_cutoff, comp_cutoff, num_gen=int(gen["valid"].shape[0]))
+    cov.update(struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff, n_gen_with_fp=int(g_fp.sum()),
+               n_gen_total=int(gen["valid"].shape[0]), n_gt_with_fp=int(t_fp.sum()), n_gt_total=int(t_fp.shape[0]))
+    out["coverage"] = cov
+    if warnings:
+        out["warnings"] = warnings
+    return out, rows
+
+
+def _predict(prop_ckpt: Path, table: dict[str, np.ndarray], rows: np.ndarray, device: str) -> np.ndarray:
+    from dpcdvae.evaluation.io import table_to_tensor_dict
+    from dpcdvae.models.property import predict_property
+
+    return np.asarray(predict_property(Path(prop_ckpt), table_to_tensor_dict(table, rows), device=device),
+                      dtype=np.float64).reshape(-1)
+
+
+def property_wdist(prop_ckpt: Path | None, gen: dict[str, np.ndarray], rows: np.ndarray, gt: dict[str, np.ndarray],
+                   device: str = "cpu") -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+    """W distance of predicted properties (CDVAE: the property model on BOTH the valid samples and
+    the ground truth). Returns ({"wdist_prop": float | None, "reason"?: str}, gen preds, gt preds)."""
+    from dpcdvae.evaluation.metrics import wasserstein
+
+    if prop_ckpt is None:
+        return {"wdist_prop": None, "reason": "no --prop-ckpt given (property model needed for W(E))"}, None, None
+    if not Path(prop_ckpt).is_file():
+        raise FileNotFoundError(f"property checkpoint {prop_ckpt} not found")
+    try:
+        import dpcdvae.models.property  # noqa: F401
+    except ImportError as err:
+        return {"wdist_prop": None, "reason": f"dpcdvae.models.property unavailable ({err})"}, None, None
+    if rows.size == 0:
+        return {"wdist_prop": None, "reason": "no valid crystals"}, None, None
+    gen_p = _predict(prop_ckpt, gen, rows, device)
+    gt_rows = np.flatnonzero(gt["constructed"])
+    gt_p = _predict(prop_ckpt, gt, gt_rows, device)
+    return {"wdist_prop": wasserstein(gen_p, gt_p), "prop_ckpt": str(prop_ckpt)}, gen_p, gt_p
+
+
+def _subset_items(items: list, max_samples: int | None, subset_seed: int) -> tuple[list, np.ndarray | None]:
+    from dpcdvae.evaluation.metrics import choose_subset
+
+    if max_samples is None or max_samples >= len(items):
+        return items, None
+    rows = choose_subset(np.arange(len(items)), max_samples, subset_seed)
+    return [items[r] for r in rows], rows
+
+
+def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Path | None = None,
+                 out: Path | None = None, report_dir: Path | None = None, workers: int | None = None,
+                 cache_dir: Path | None = None, use_cache: bool = True, prop_ckpt: Path | None = None,
+                 prop_device: str = "cpu", n_wdist: int = 1000, seed: int = 0, max_samples: int | None = None,
+                 subset_seed: int = 0, oxidation_states: str = "smact14", pauling_missing: str = "pass",
+                 struct_cutoff: float | None = None, comp_cutoff: float | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Generation metrics of the crystals in ``samples`` against ``<source>/<dataset>/<split>``.
+
+    Args:
+        samples: sample folder (samples.pt), folder of CIFs, one .extxyz, or a dataset CSV(.gz)
+            (then preprocessed like the ground truth and cached).
+        dataset: perov_5 | carbon_24 | mp_20 (aliases perovskite, carbon, mp20); other names need
+            ``struct_cutoff`` and ``comp_cutoff``.
+        max_samples / subset_seed: score a fixed random subset of the input (reported).
+        n_wdist / seed: number of random valid crystals for W distances and diversity, and its seed.
+        out / report_dir: where to write metrics.json / report.md + PNGs (optional).
+    Returns: the metrics dict (also written to ``out``).
+    """
+    from dpcdvae.evaluation.cache import resolve_cache_dir
+    from dpcdvae.evaluation.io import load_crystals, resolve_source, split_csv_path
+    from dpcdvae.evaluation.metrics import COV_CUTOFFS, canonical_dataset
+    from dpcdvae.evaluation.worker import default_workers, make_executor
+
+    t_start = time.perf_counter()
+    dataset = canonical_dataset(dataset)
+    if struct_cutoff is None or comp_cutoff is None:
+        if dataset not in COV_CUTOFFS:
+            raise ValueError(f"no COV cutoffs known for dataset {dataset!r}: pass --struct-cutoff and --comp-cutoff")
+        struct_cutoff = COV_CUTOFFS[dataset][0] if struct_cutoff is None else struct_cutoff
+        comp_cutoff = COV_CUTOFFS[dataset][1] if comp_cutoff is None else comp_cutoff
+    workers = default_workers() if workers is None else max(1, int(workers))
+    opts = EvalOptions(oxidation_states=oxidation_states, pauling_missing=pauling_missing)
+    src = resolve_source(source)
+    gt_csv = split_csv_path(src, dataset, split)
+    cdir = resolve_cache_dir(cache_dir) if use_cache else None
+    samples = Path(samples)
+    loaded = None if samples.name.lower().endswith((".csv", ".csv.gz")) else load_crystals(samples)
+
+    timing: dict[str, float] = {}
+    executor = make_executor(workers)
+    try:
+        gt, gt_info = evaluate_csv_cached(gt_csv, dataset, split, opts, executor, workers, cdir, progress)
+        timing["ground_truth_s"] = gt_info["seconds"]
+        t0 = time.perf_counter()
+        if loaded is None:  # a dataset CSV scored as if generated (e.g. the val split: data ceiling)
+            import pandas as pd
+
+            n_rows = len(pd.read_csv(samples, usecols=["cif"]))
+            _, rows = _subset_items(list(range(n_rows)), max_samples, subset_seed)
+            label = samples.name.split(".")[0] + ("" if rows is None else f"-subset{len(rows)}-seed{subset_seed}")
+            gen, gen_info = evaluate_csv_cached(samples, dataset, label, opts, executor, workers, cdir, progress, rows)
+            input_info = {"kind": "csv", "note": f"{samples.name}: dataset rows, Niggli + canonical lattice",
+                          "cache_hit": gen_info["cache_hit"]}
+        else:
+            items, rows = _subset_items(loaded.items, max_samples, subset_seed)
+            gen = evaluate_items(items, opts, executor, workers, progress, "samples")
+            input_info = {"kind": loaded.kind, "note": loaded.note, "meta": loaded.meta}
+        timing["samples_s"] = round(time.perf_counter() - t0, 3)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    input_info.update(path=str(samples), n_input=(n_rows if loaded is None else len(loaded.items)),
+                      n_scored=int(gen["valid"].shape[0]),
+                      subset=None if rows is None else {"max_samples": max_samples, "seed": subset_seed})
+
+    t0 = time.perf_counter()
+    metrics, wrows = gen_metrics(gen, gt, struct_cutoff, comp_cutoff, n_wdist, seed)
+    prop, gen_p, gt_p = property_wdist(prop_ckpt, gen, wrows, gt, prop_device)
+    metrics["wdist"].update(prop)
+    timing["metrics_s"] = round(time.perf_counter() - t0, 3)
+    timing["total_s"] = round(time.perf_counter() - t_start, 3)
+    timing["workers"] = workers
+    timing["mean_crystal_s"] = float(np.mean(gen["seconds"])) if gen["seconds"].size else None
+    result = {
+        "task": "gen", "dataset": dataset,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": input_info,
+        "ground_truth": {"split": split, **gt_info},
+        "settings": {
+            "oxidation_states": oxidation_states, "pauling_missing_electronegativity": pauling_missing,
+            "struct_cutoff": struct_cutoff, "comp_cutoff": comp_cutoff, "n_wdist": n_wdist, "seed": seed,
+            "min_distance_A": opts.dist_cutoff, "min_volume_A3": 0.1,
+            "struct_fingerprint": "matminer CrystalNNFingerprint ops, site mean",
+            "comp_fingerprint": "matminer ElementProperty magpie impute_nan=False, CDVAE CompScaler, NaN->0",
+            "versions": library_versions(),
+        },
+        **metrics,
+        "timing": timing,
+    }
+    if out is not None:
+        write_json(Path(out), result)
+    if report_dir is not None:
+        from dpcdvae.evaluation.report import write_gen_report
+
+        write_gen_report(Path(report_dir), result, gen, gt, wrows, gen_p, gt_p)
+    return result
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write strict JSON (NaN/inf -> null)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
