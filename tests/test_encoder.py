@@ -210,9 +210,11 @@ def test_gradients_reach_all_parameters():
     frac, z, na, batch, lattice = _crystals(2, [3, 2], dtype=torch.float32)
     torch.manual_seed(0)
     model = CrystalEncoder.tiny("dime+na+gine")
+    frac.requires_grad_(True)
     model(frac, z, na, batch, lattice).square().sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
+    assert torch.isfinite(frac.grad).all() and frac.grad.abs().max() > 0
     # the reference's zero-initialised output layers: only they get gradient at init
     torch.manual_seed(0)
     ref = CrystalEncoder("dime", hidden_channels=16, out_emb_channels=16, out_channels=16, num_blocks=1)
@@ -220,6 +222,14 @@ def test_gradients_reach_all_parameters():
     assert out.abs().max() == 0
     out.sum().backward()
     assert ref.dimenet.output_blocks[0].lin.weight.grad.abs().max() > 0
+
+
+def test_isolated_atoms_without_edges():
+    model = CrystalEncoder.tiny("dime+na+gine")
+    lattice = 20.0 * torch.eye(3).expand(2, 3, 3)
+    out = model(torch.rand(2, 3), torch.tensor([3, 8]), torch.tensor([1, 1]), torch.tensor([0, 1]), lattice)
+    assert out.shape == (2, 16) and torch.isfinite(out).all()
+    assert model.dimenet.build_graph(torch.rand(2, 3), lattice, torch.tensor([1, 1])).src.numel() == 0
 
 
 def test_atomic_numbers_up_to_100_and_bad_inputs():

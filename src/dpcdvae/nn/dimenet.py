@@ -166,9 +166,10 @@ def spherical_jn(order: Tensor, t: Tensor, lmax: int) -> Tensor:
     for k in range(1, _SERIES_TERMS + 1):
         term = term * u / (k * (2.0 * lf + 2 * k + 1))
         acc = acc + term
-    dfact = torch.tensor([math.prod(range(1, 2 * l + 2, 2)) for l in range(lmax + 1)],
-                         dtype=t.dtype, device=t.device)
-    series = acc * ts.pow(lf) / dfact[order.long()]
+    dfact = torch.ones_like(lf)  # (2l+1)!!, exact, built on the device (no host copy)
+    for m in range(1, lmax + 1):
+        dfact = dfact * torch.where(order >= m, 2.0 * m + 1.0, 1.0).to(t.dtype)
+    series = acc * ts.pow(lf) / dfact
     # upward recurrence: j_{l+1} = (2l+1)/t j_l - j_{l-1}
     tl = torch.where(small, torch.full_like(t, _SERIES_SWITCH), t)
     sin, cos = torch.sin(tl), torch.cos(tl)
