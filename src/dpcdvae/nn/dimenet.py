@@ -47,6 +47,7 @@ __all__ = [
     "SphericalBasis",
     "PeriodicDimeNetPP",
     "check_crystal_inputs",
+    "envelope",
     "segment_mean",
     "acc_dtype",
     "geometry_dtype",
