@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 SAMPLERS = ("eq7", "eq6", "ddim")
-NUM_ELEMENTS = 100
 
 EpsFn = Callable[[Tensor, Tensor, int], "tuple[Tensor, Any]"]
 Callback = Callable[[int, int, Tensor, Any], None]
