@@ -286,9 +286,7 @@ def test_bf16_autocast_close_to_fp32():
 
 # ---------------------------------------------------------------------------------------- scale factors
 def _variance_ratios(model, run):
-    """Var(s y) / Var(ref) of every factor, observed on one forward."""
-    import dpcdvae.nn.gemnet.scaling as scaling
-
+    """Var(s y) / Var(ref) of every factor, observed on one forward (uses the factor's statistics)."""
     ratios = {}
     for name, f in model.scale_factors().items():
         f.mode = "observe"
@@ -299,7 +297,6 @@ def _variance_ratios(model, run):
         f.mode = "apply"
         if n_out > 0:
             ratios[name] = (s_out / n_out) / (s_ref / n_ref)
-    assert scaling  # module imported for its private stats layout
     return ratios
 
 

@@ -204,6 +204,18 @@ class GemNetT(nn.Module):
             raise ValueError(f"h has {h.shape[0]} rows but the graph has {graph.num_nodes} nodes")
         width = None if triplets is None else triplets.kmax + 1
         bases, u = self.edge_bases(graph, width)
+        return self.run_blocks(h, bases, u)
+
+    def run_blocks(self, h: Tensor, bases: EdgeBases, u: Tensor) -> tuple[Tensor, Tensor]:
+        """The network body on precomputed :meth:`edge_bases` (no host syncs, no data-dependent
+        shapes: the part to ``torch.compile``).
+
+        Args:
+            h: [N, A] atom features. bases, u: from :meth:`edge_bases`.
+
+        Returns:
+            vec [N, 3] and h_final [N, A] as in :meth:`forward`.
+        """
         m = self.edge_emb(h, bases.rbf, bases.src, bases.dst)
         f_edge = self.out_blocks[0](m, bases.rbf_out)
         for block, out_block in zip(self.int_blocks, self.out_blocks[1:]):

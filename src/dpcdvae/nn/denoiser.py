@@ -1,0 +1,204 @@
+"""DP-CDVAE denoiser: conditioned atom features -> GemNet-T -> (eps, type logits) (GEMNET.md §4)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from dpcdvae.geometry.graph import PeriodicGraph, radius_graph_pbc
+from dpcdvae.nn.embeddings import TimeEmbedding, fourier_features, num_fourier_features
+from dpcdvae.nn.gemnet.model import GemNetT
+
+__all__ = ["DPDenoiser"]
+
+
+class DPDenoiser(nn.Module):
+    """Noise predictor of DP-CDVAE (and, with ``conditioning="cdvae"``, the CDVAE decoder body).
+
+    Per atom i of crystal b the input features are
+
+    - ``"dpcdvae"``: ``[Emb(Z_i - 1) (atom_emb_dim) | z_b (latent_dim) | tau_b (time_dim) | phi_i (6Q)]``
+      -> Linear-ReLU-Linear (all A -> A, A = the sum, 548 by default) -> GemNet-T(A). tau is the time
+      embedding of t/T, phi the Fourier features of the noisy fractional coordinates.
+    - ``"cdvae"``: ``Linear(atom_emb_dim + latent_dim -> atom_emb_dim)([Emb(Z_i - 1) | z_b])`` ->
+      GemNet-T(A = atom_emb_dim); no time or Fourier input (t is ignored).
+
+    The graph is rebuilt from the (wrapped) coordinates and the given lattice in every call
+    (``radius_graph_pbc``: cutoff, neighbour cap, image window and symmetrisation as configured; the
+    defaults reproduce the reference). Type logits = Linear(A -> num_types)(h_final).
+
+    **Frame of eps** (``eps_frame``). GemNet-T's output ``v_i = sum_e F_e u_e`` is a Cartesian vector in
+    the frame of the lattice rows. The diffusion noise it is regressed against is fractional.
+
+    - ``"fractional"`` (default) returns ``eps_i = v_i L_b^{-1}``, the fractional displacement whose
+      Cartesian image is ``v_i``. This is the frame of the target: eps is invariant under rotations
+      and reflections of the Cartesian frame (L' = L Q^T) and transforms like fractional noise under a
+      change of basis. It also makes the network's job local: for a noisy structure
+      ``x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps`` the optimum is ``v = eps L``, the Cartesian
+      displacement caused by the noise (divided by its scale), which GemNet can read off the local
+      geometry; the lattice-dependent conversion back to fractional units is exact. In the
+      ``"cartesian"`` frame the network must itself apply ``L^{-1}`` (lengths up to ~20 Å, mixing of
+      components in oblique cells) although it only sees geometry within the cutoff.
+    - ``"cartesian"`` returns ``v_i`` unchanged, as the reference does (it regresses the Cartesian
+      vector sum directly against fractional noise). The output rotates with the lattice frame (eps'
+      = eps Q^T), so it is only meaningful for lattices in a fixed convention (``lattice_from_params``).
+
+    Args:
+        latent_dim: width of z (256). atom_emb_dim: atom-type embedding width (128).
+        time_dim: sinusoid / time-embedding width (128); time_hidden: its MLP width (512).
+        fourier_min, fourier_max: Fourier frequencies 2 pi 2^q, q = fourier_min..fourier_max (3..8).
+        num_types: atom classes (100; class = Z - 1).
+        cutoff: graph radius in Å (7.0). max_neighbors: neighbour cap per target (20; None = no cap).
+        images, symmetrize: see :func:`~dpcdvae.geometry.graph.radius_graph_pbc` ("ref", "ref").
+        conditioning: ``"dpcdvae"`` or ``"cdvae"`` (see above).
+        eps_frame: ``"fractional"`` or ``"cartesian"`` (see above).
+        emb_size_edge ... scale_init: GemNet-T hyperparameters (:class:`~dpcdvae.nn.gemnet.GemNetT`).
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 256,
+        atom_emb_dim: int = 128,
+        time_dim: int = 128,
+        time_hidden: int = 512,
+        fourier_min: int = 3,
+        fourier_max: int = 8,
+        num_types: int = 100,
+        cutoff: float = 7.0,
+        max_neighbors: int | None = 20,
+        images: Literal["ref", "exact"] = "ref",
+        symmetrize: Literal["ref", "union"] = "ref",
+        conditioning: Literal["dpcdvae", "cdvae"] = "dpcdvae",
+        eps_frame: Literal["fractional", "cartesian"] = "fractional",
+        emb_size_edge: int = 128,
+        num_blocks: int = 3,
+        num_radial: int = 128,
+        num_spherical: int = 7,
+        emb_size_rbf: int = 16,
+        emb_size_cbf: int = 16,
+        emb_size_trip: int = 64,
+        emb_size_bil_trip: int = 64,
+        num_before_skip: int = 1,
+        num_after_skip: int = 2,
+        num_concat: int = 1,
+        num_atom: int = 3,
+        envelope_exponent: int = 5,
+        energy_branch: bool = False,
+        scale_init: Literal["reference", "ones"] = "reference",
+    ) -> None:
+        super().__init__()
+        if conditioning not in ("dpcdvae", "cdvae"):
+            raise ValueError(f"conditioning must be 'dpcdvae' or 'cdvae', got {conditioning!r}")
+        if eps_frame not in ("fractional", "cartesian"):
+            raise ValueError(f"eps_frame must be 'fractional' or 'cartesian', got {eps_frame!r}")
+        if images not in ("ref", "exact"):
+            raise ValueError(f"images must be 'ref' or 'exact', got {images!r}")
+        if symmetrize not in ("ref", "union"):
+            raise ValueError(f"symmetrize must be 'ref' or 'union', got {symmetrize!r}")
+        if max_neighbors is not None and max_neighbors < 1:
+            raise ValueError(f"max_neighbors must be >= 1 or None, got {max_neighbors}")
+        self.latent_dim = latent_dim
+        self.num_types = num_types
+        self.cutoff = float(cutoff)
+        self.max_neighbors = max_neighbors
+        self.images = images
+        self.symmetrize = symmetrize
+        self.conditioning = conditioning
+        self.eps_frame = eps_frame
+        self.fourier_min = fourier_min
+        self.fourier_max = fourier_max
+
+        self.atom_emb = nn.Embedding(num_types, atom_emb_dim)
+        nn.init.uniform_(self.atom_emb.weight, -(3.0**0.5), 3.0**0.5)
+        self.time_emb: TimeEmbedding | None = None
+        if conditioning == "dpcdvae":
+            self.time_emb = TimeEmbedding(time_dim, time_hidden)
+            width = atom_emb_dim + latent_dim + time_dim + num_fourier_features(fourier_min, fourier_max)
+            self.cond: nn.Module = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+        else:
+            width = atom_emb_dim
+            self.cond = nn.Linear(atom_emb_dim + latent_dim, atom_emb_dim)
+        self.emb_size_atom = width
+        self.gemnet = GemNetT(
+            emb_size_atom=width, emb_size_edge=emb_size_edge, num_blocks=num_blocks, num_radial=num_radial,
+            num_spherical=num_spherical, emb_size_rbf=emb_size_rbf, emb_size_cbf=emb_size_cbf,
+            emb_size_trip=emb_size_trip, emb_size_bil_trip=emb_size_bil_trip, num_before_skip=num_before_skip,
+            num_after_skip=num_after_skip, num_concat=num_concat, num_atom=num_atom, cutoff=cutoff,
+            envelope_exponent=envelope_exponent, energy_branch=energy_branch, scale_init=scale_init,
+        )
+        self.type_head = nn.Linear(width, num_types)
+
+    def build_graph(self, frac_coords: Tensor, lattice: Tensor, num_atoms: Tensor) -> PeriodicGraph:
+        """The decoder graph (GEMNET.md §1) of wrapped ``frac_coords`` [N, 3] in ``lattice`` [B, 3, 3]."""
+        return radius_graph_pbc(frac_coords, lattice, num_atoms, self.cutoff, self.max_neighbors,
+                                self.images, self.symmetrize)
+
+    def atom_features(
+        self, z: Tensor, t: Tensor, num_steps: int, frac_coords: Tensor, atom_types: Tensor, batch: Tensor
+    ) -> Tensor:
+        """Conditioned atom features h [N, A] (before GemNet)."""
+        h0 = self.atom_emb(atom_types - 1)
+        if self.conditioning == "cdvae":
+            return self.cond(torch.cat([h0, z[batch].to(h0.dtype)], dim=-1))
+        assert self.time_emb is not None
+        tau = self.time_emb(t.to(torch.float32) / float(num_steps))
+        phi = fourier_features(frac_coords, self.fourier_min, self.fourier_max)
+        dtype = h0.dtype
+        x = torch.cat([h0, z[batch].to(dtype), tau[batch].to(dtype), phi.to(dtype)], dim=-1)
+        return self.cond(x)
+
+    def forward(
+        self,
+        z: Tensor,
+        t: Tensor,
+        T: int,
+        frac_coords: Tensor,
+        atom_types: Tensor,
+        num_atoms: Tensor,
+        batch: Tensor,
+        lattice: Tensor,
+        graph: PeriodicGraph | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Predict the coordinate noise and the atom-type logits.
+
+        Args:
+            z: [B, latent_dim] latent per crystal.
+            t: [B] int diffusion steps (the network sees t / T).
+            T: number of diffusion steps (1000).
+            frac_coords: [N, 3] noisy fractional coordinates (unwrapped is fine).
+            atom_types: [N] int64 atomic numbers Z in 1..num_types.
+            num_atoms: [B] atoms per crystal (atoms of a crystal contiguous).
+            batch: [N] crystal index of each atom.
+            lattice: [B, 3, 3] rows = lattice vectors, Å.
+            graph: optional prebuilt :meth:`build_graph` result for these inputs.
+
+        Returns:
+            eps [N, 3] (fp32; frame per ``eps_frame``) and type logits [N, num_types] (class = Z - 1).
+        """
+        n = frac_coords.shape[0]
+        b = num_atoms.shape[0]
+        if frac_coords.ndim != 2 or frac_coords.shape[1] != 3:
+            raise ValueError(f"frac_coords must be [N, 3], got {tuple(frac_coords.shape)}")
+        if atom_types.shape != (n,) or batch.shape != (n,):
+            raise ValueError(f"atom_types and batch must be [N={n}], got {tuple(atom_types.shape)}, "
+                             f"{tuple(batch.shape)}")
+        if lattice.shape != (b, 3, 3):
+            raise ValueError(f"lattice must be [B={b}, 3, 3], got {tuple(lattice.shape)}")
+        if z.shape != (b, self.latent_dim):
+            raise ValueError(f"z must be [B={b}, {self.latent_dim}], got {tuple(z.shape)}")
+        if t.shape != (b,):
+            raise ValueError(f"t must be [B={b}], got {tuple(t.shape)}")
+        if T < 1:
+            raise ValueError(f"T must be >= 1, got {T}")
+        if graph is None:
+            graph = self.build_graph(frac_coords, lattice, num_atoms)
+        h = self.atom_features(z, t, T, frac_coords, atom_types, batch)
+        vec, h_final = self.gemnet(h, graph)
+        logits = self.type_head(h_final)
+        if self.eps_frame == "fractional":
+            with torch.autocast(device_type=vec.device.type, enabled=False):
+                inv = torch.linalg.inv(lattice.to(vec.dtype))
+                vec = (vec.unsqueeze(-1) * inv[batch]).sum(dim=-2)
+        return vec, logits
