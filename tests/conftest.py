@@ -23,3 +23,13 @@ def shared_data() -> Path:
     if path is None:
         pytest.skip("benchmark CSVs not found (set DPCDVAE_DATA or place ../shared/data)")
     return path
+
+
+@pytest.fixture(scope="session")
+def prepared_cache(shared_data, tmp_path_factory):
+    """A small perov_5 cache (first 200 rows of each split) prepared with the real pipeline."""
+    from dpcdvae.data.prepare import prepare_dataset
+
+    cache = tmp_path_factory.mktemp("cache")
+    prepare_dataset("perov_5", shared_data, cache, workers=1, limit=200)
+    return cache

@@ -1,0 +1,123 @@
+"""Build DP-CDVAE from a config, and save / load / export self-contained model files.
+
+A model file is a dict ``{"format": "dpcdvae-model-v1", "config": {...}, "state_dict": {...}}`` that
+``torch.load(path, weights_only=True)`` reads: the lattice scaler and GemNet scale factors are buffers
+of the state dict, so nothing else is needed to sample. ``export_model(..., max_mb=15)`` splits it into
+shards (``index.json`` + ``shard_000.pt`` ...) for transports with a per-file size limit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from dpcdvae.data.scalers import Scalers
+from dpcdvae.models.dpcdvae import DPCDVAE
+
+__all__ = ["build_model", "save_model", "load_model", "load_model_file", "export_model", "FORMAT"]
+
+FORMAT = "dpcdvae-model-v1"
+
+
+def build_model(cfg: dict, scalers: Scalers | None = None) -> DPCDVAE:
+    """Instantiate the model described by ``cfg['model']`` (lattice scaler from ``scalers``, else
+    placeholders that ``load_state_dict`` overwrites)."""
+    from dpcdvae.diffusion.schedule import DiffusionSchedule
+    from dpcdvae.nn.denoiser import DPDenoiser
+    from dpcdvae.nn.encoder import CrystalEncoder
+
+    m = cfg["model"]
+    max_atoms = int(cfg["data"]["max_atoms"])
+    enc_cfg = dict(m["encoder_cfg"])
+    encoder_dim = int(enc_cfg.pop("out_channels", m["latent_dim"]))
+    encoder = CrystalEncoder(variant=m["encoder"], out_channels=encoder_dim, max_atoms=max_atoms, **enc_cfg)
+    denoiser = DPDenoiser(latent_dim=int(m["latent_dim"]), num_types=int(m["num_types"]), **m["denoiser_cfg"])
+    d = m["diffusion"]
+    schedule = DiffusionSchedule(
+        num_steps=int(d["num_steps"]), beta_start=float(d["beta_start"]), beta_end=float(d["beta_end"]),
+        type_sigma_begin=float(d["type_sigma_begin"]), type_sigma_end=float(d["type_sigma_end"]),
+    )
+    if scalers is not None:
+        mean, std = scalers.lattice.mean, scalers.lattice.std
+    else:
+        mean, std = torch.zeros(6), torch.ones(6)
+    loss = {k: float(v) for k, v in m["loss"].items() if k != "mul_cost_coord"}
+    return DPCDVAE(
+        encoder=encoder, denoiser=denoiser, schedule=schedule, encoder_dim=encoder_dim,
+        latent_dim=int(m["latent_dim"]), hidden_dim=int(m["hidden_dim"]), fc_num_layers=int(m["fc_num_layers"]),
+        max_atoms=max_atoms, num_types=int(m["num_types"]), lattice_mean=mean, lattice_std=std,
+        recenter=bool(d["recenter"]), loss_weights=loss,
+    )
+
+
+def save_model(path: Path | str, model: DPCDVAE, cfg: dict) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"format": FORMAT, "config": cfg, "state_dict": model.state_dict()}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_model_file(path: Path | str) -> tuple[dict, dict]:
+    """(config, state_dict) from a model.pt, a shard folder, or a Lightning checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        index = json.loads((path / "index.json").read_text())
+        state: dict = {}
+        for shard in index["shards"]:
+            state.update(torch.load(path / shard, map_location="cpu", weights_only=True))
+        return index["config"], state
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if obj.get("format") == FORMAT:
+        return obj["config"], obj["state_dict"]
+    if "state_dict" in obj and "hyper_parameters" in obj:  # Lightning checkpoint of DPCDVAEModule
+        state = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+        return obj["hyper_parameters"]["config"], state
+    raise ValueError(f"{path} is neither a dpcdvae model file nor a training checkpoint")
+
+
+def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[DPCDVAE, dict]:
+    """Rebuild the model of a model file / checkpoint on ``device`` in eval mode."""
+    cfg, state = load_model_file(path)
+    model = build_model(cfg)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state)
+    return model.to(device).eval(), cfg
+
+
+def export_model(ckpt: Path | str, out: Path | str, max_mb: float | None = None,
+                 dtype: str = "float32") -> list[Path]:
+    """Write a self-contained model file (``max_mb`` None) or a folder of shards of at most ``max_mb``
+    MiB each. ``dtype='bfloat16'`` halves the size (weights are cast back to fp32 on load)."""
+    cfg, state = load_model_file(ckpt)
+    if dtype == "bfloat16":
+        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+    out = Path(out)
+    if max_mb is None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": FORMAT, "config": cfg, "state_dict": state}, out)
+        return [out]
+    limit = int(max_mb * 2**20) - 65536  # headroom for the pickle container
+    out.mkdir(parents=True, exist_ok=True)
+    shards: list[dict] = [{}]
+    sizes = [0]
+    for key, val in state.items():
+        nbytes = val.numel() * val.element_size()
+        if nbytes > limit:
+            raise ValueError(f"tensor {key} ({nbytes / 2**20:.1f} MiB) exceeds --max-mb {max_mb}")
+        if sizes[-1] + nbytes > limit:
+            shards.append({})
+            sizes.append(0)
+        shards[-1][key] = val
+        sizes[-1] += nbytes
+    names = []
+    for i, shard in enumerate(shards):
+        name = f"shard_{i:03d}.pt"
+        torch.save(shard, out / name)
+        names.append(name)
+    (out / "index.json").write_text(json.dumps({"format": FORMAT, "config": cfg, "shards": names}, indent=1) + "\n")
+    return [out / n for n in names] + [out / "index.json"]

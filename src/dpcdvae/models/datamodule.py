@@ -1,0 +1,147 @@
+"""Device-resident loaders: a whole split lives on the training device and batches are gathered
+with tensor indexing, so data loading costs no host work per crystal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytorch_lightning as pl
+import torch
+
+from dpcdvae.data.batch import CrystalBatch
+from dpcdvae.data.cache import CrystalDataset, load_scalers, load_split
+from dpcdvae.data.scalers import Scalers
+
+__all__ = ["DeviceLoader", "CrystalDataModule", "holdout_split"]
+
+
+class DeviceLoader:
+    """Iterable of :class:`CrystalBatch` over a (device-resident) dataset, sharded across ranks.
+
+    Each epoch draws a fresh permutation from ``seed + epoch`` (same on every rank), and rank r takes
+    every world_size-th batch, so DDP ranks see disjoint crystals.
+    """
+
+    def __init__(
+        self,
+        dataset: CrystalDataset,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        max_batches: int | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.max_batches = max_batches
+        self.epoch = 0
+
+    def _num_global_batches(self) -> int:
+        return self.dataset.num_batches(self.batch_size, self.drop_last)
+
+    def __len__(self) -> int:
+        n = self._num_global_batches() // self.world_size
+        n = max(n, 1)
+        return min(n, self.max_batches) if self.max_batches else n
+
+    def __iter__(self) -> Iterator[CrystalBatch]:
+        n = len(self.dataset)
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=gen).to(self.dataset.device)
+        else:
+            order = torch.arange(n, device=self.dataset.device)
+        self.epoch += 1
+        for i in range(len(self)):
+            b = i * self.world_size + self.rank
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if idx.numel() == 0:
+                idx = order[: self.batch_size]
+            yield self.dataset.batch(idx)
+
+
+def holdout_split(dataset: CrystalDataset, fraction: float, seed: int) -> tuple[CrystalDataset, CrystalDataset]:
+    """Split a dataset into (train, holdout) with a fixed seed (used when no separate val split exists)."""
+    n = len(dataset)
+    n_hold = max(1, int(round(n * fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    hold, train = perm[:n_hold].sort().values, perm[n_hold:].sort().values
+
+    def subset(idx: torch.Tensor) -> CrystalDataset:
+        b = dataset.batch(idx)
+        return CrystalDataset(b.frac_coords, b.atom_types, b.num_atoms, b.lengths, b.angles, b.props, b.index,
+                              [dataset.material_ids[i] for i in idx.tolist()], dataset.prop_names,
+                              dataset.meta)
+
+    return subset(train), subset(hold)
+
+
+class CrystalDataModule(pl.LightningDataModule):
+    """Loads the cached splits named in ``config['data']`` and serves device-resident batches."""
+
+    def __init__(self, config: dict, cache_dir: Path | str | None, limit: int | None = None) -> None:
+        super().__init__()
+        self.cfg = config["data"]
+        self.seed = int(config["train"]["seed"])
+        self.cache_dir = cache_dir
+        self.limit = limit
+        self.train_loader: DeviceLoader | None = None
+        self.train_set: CrystalDataset | None = None
+        self.val_set: CrystalDataset | None = None
+        self.scalers: Scalers | None = None
+
+    def load(self) -> None:
+        """Read the cache (CPU). Idempotent."""
+        if self.train_set is not None:
+            return
+        name = self.cfg["dataset"]
+        train = load_split(self.cache_dir, name, self.cfg["train_split"])
+        if self.cfg["val_split"] == "holdout":
+            train, val = holdout_split(train, float(self.cfg.get("holdout_fraction", 0.1)), self.seed)
+        else:
+            val = load_split(self.cache_dir, name, self.cfg["val_split"])
+        if self.limit:
+            train = train_subset(train, self.limit)
+            val = train_subset(val, max(1, self.limit // 4))
+        self.train_set, self.val_set = train, val
+        self.scalers = load_scalers(self.cache_dir, name)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        self.train_set = self.train_set.to(device)
+        self.val_set = self.val_set.to(device)
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def train_dataloader(self) -> DeviceLoader:
+        rank, world = self._rank_world()
+        self.train_loader = DeviceLoader(self.train_set, int(self.cfg["batch_size"]), shuffle=True, seed=self.seed,
+                                         drop_last=len(self.train_set) > int(self.cfg["batch_size"]), rank=rank,
+                                         world_size=world)
+        return self.train_loader
+
+    def val_dataloader(self) -> DeviceLoader:
+        rank, world = self._rank_world()
+        return DeviceLoader(self.val_set, int(self.cfg["eval_batch_size"]), shuffle=False, rank=rank,
+                            world_size=world, max_batches=self.cfg.get("num_val_batches"))
+
+
+def train_subset(dataset: CrystalDataset, n: int) -> CrystalDataset:
+    """The first ``n`` crystals (tests and demos)."""
+    if n >= len(dataset):
+        return dataset
+    b = dataset.batch(torch.arange(n))
+    return CrystalDataset(b.frac_coords, b.atom_types, b.num_atoms, b.lengths, b.angles, b.props, b.index,
+                          dataset.material_ids[:n], dataset.prop_names, dataset.meta)

@@ -1,0 +1,237 @@
+"""The DP-CDVAE model: VAE (encoder, latent heads) + DDPM denoiser on fractional coordinates.
+
+Plain ``nn.Module``: the math of the paper (Pakornchote et al. 2024), the loss of its Eq. (S1) and the
+two samplers. Training loops, optimisers and logging live in :mod:`dpcdvae.models.lightning`.
+
+Shapes: B crystals, N atoms (N = num_atoms.sum()), latent size D.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dpcdvae.data.batch import CrystalBatch
+from dpcdvae.data.scalers import lattice_features, lattice_from_features
+from dpcdvae.diffusion import ddpm
+from dpcdvae.diffusion.schedule import DiffusionSchedule
+from dpcdvae.diffusion.types import sample_composition_types
+from dpcdvae.geometry.lattice import lattice_from_params
+from dpcdvae.nn.mlp import build_mlp
+
+__all__ = ["DPCDVAE", "segment_mean", "LOSS_KEYS"]
+
+LOSS_KEYS = ("natom", "lattice", "composition", "coord", "type", "kld")
+
+
+def segment_mean(values: Tensor, batch: Tensor, num_segments: int) -> Tensor:
+    """Mean of ``values`` [N] (or [N, C]) per crystal ``batch`` [N] -> [B] (or [B, C]), in fp32."""
+    values = values.float()
+    out = values.new_zeros((num_segments, *values.shape[1:]))
+    out.index_add_(0, batch, values)
+    count = torch.bincount(batch, minlength=num_segments).clamp(min=1).to(values.dtype)
+    return out / count.view(-1, *([1] * (values.dim() - 1)))
+
+
+class DPCDVAE(nn.Module):
+    """DP-CDVAE.
+
+    Args:
+        encoder: maps (frac_coords [N,3], atom_types [N], num_atoms [B], batch [N], lattice [B,3,3])
+            to a crystal vector [B, encoder_dim].
+        denoiser: maps (z [B,D], t [B], num_steps, x_t [N,3], atom_types [N], num_atoms [B], batch [N],
+            lattice [B,3,3]) to (eps_hat [N,3] in fractional units, type_logits [N, num_types]).
+        schedule: the DDPM schedule (betas, alpha-bars, type-noise sigmas) as buffers.
+        encoder_dim: width of the encoder output.
+        latent_dim: D.
+        hidden_dim, fc_num_layers: MLP heads (CDVAE: 256, 1).
+        max_atoms: the N_a head predicts classes 0..max_atoms.
+        num_types: atom-type classes (Z - 1 for Z = 1..num_types).
+        lattice_mean, lattice_std: [6] scaler of [a,b,c / N^(1/3), alpha, beta, gamma] (train split);
+            stored as buffers so checkpoints are self-contained.
+        recenter: remove per-crystal means of x_0 and noise (reference default).
+        loss_weights: cost_natom, cost_lattice, cost_composition, cost_coord, cost_type, beta.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        denoiser: nn.Module,
+        schedule: DiffusionSchedule,
+        encoder_dim: int,
+        latent_dim: int,
+        hidden_dim: int,
+        fc_num_layers: int,
+        max_atoms: int,
+        num_types: int,
+        lattice_mean: Tensor,
+        lattice_std: Tensor,
+        recenter: bool = True,
+        loss_weights: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.denoiser = denoiser
+        self.schedule = schedule
+        self.latent_dim = latent_dim
+        self.max_atoms = max_atoms
+        self.num_types = num_types
+        self.recenter = recenter
+        self.fc_mu = nn.Linear(encoder_dim, latent_dim)
+        self.fc_var = nn.Linear(encoder_dim, latent_dim)
+        self.natom_head = build_mlp(latent_dim, hidden_dim, fc_num_layers, max_atoms + 1)
+        self.lattice_head = build_mlp(latent_dim, hidden_dim, fc_num_layers, 6)
+        self.composition_head = build_mlp(latent_dim, hidden_dim, fc_num_layers, num_types)
+        self.register_buffer("lattice_mean", torch.as_tensor(lattice_mean, dtype=torch.float32).clone())
+        self.register_buffer("lattice_std", torch.as_tensor(lattice_std, dtype=torch.float32).clone())
+        w = dict(cost_natom=1.0, cost_lattice=100.0, cost_composition=1.0, cost_coord=1.0, cost_type=0.1, beta=0.01)
+        w.update(loss_weights or {})
+        self.loss_weights = w
+
+    # ----------------------------------------------------------------------------------- VAE
+    def encode_stats(self, batch: CrystalBatch) -> tuple[Tensor, Tensor]:
+        """-> (mu [B,D], logvar [B,D]) of q(z | crystal)."""
+        lattice = lattice_from_params(batch.lengths, batch.angles)
+        hidden = self.encoder(batch.frac_coords, batch.atom_types, batch.num_atoms, batch.batch, lattice)
+        return self.fc_mu(hidden).float(), self.fc_var(hidden).float()
+
+    def encode(self, batch: CrystalBatch, sample: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (mu [B,D], logvar [B,D], z [B,D]); z = mu when ``sample`` is False."""
+        mu, logvar = self.encode_stats(batch)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        return mu, logvar, z
+
+    def predict_num_atoms(self, z: Tensor) -> Tensor:
+        """[B, D] -> [B, max_atoms + 1] logits."""
+        return self.natom_head(z)
+
+    def predict_lattice(self, z: Tensor, num_atoms: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (standardised 6-vector [B,6], lengths [B,3] Å, angles [B,3] deg)."""
+        scaled = self.lattice_head(z).float()
+        feats = scaled * self.lattice_std + self.lattice_mean
+        lengths, angles = lattice_from_features(feats, num_atoms)
+        return scaled, lengths, angles
+
+    def composition_logits(self, z: Tensor, batch: Tensor) -> Tensor:
+        """Per-atom composition logits A_z: [B, D], [N] -> [N, num_types]."""
+        return self.composition_head(z[batch]).float()
+
+    def lattice_target(self, batch: CrystalBatch) -> Tensor:
+        feats = lattice_features(batch.lengths, batch.angles, batch.num_atoms)
+        return (feats - self.lattice_mean) / self.lattice_std
+
+    # ------------------------------------------------------------------------------ training
+    def forward(
+        self, batch: CrystalBatch, teacher_forcing: bool = True, coord_multiplier: float = 1.0
+    ) -> dict[str, Tensor]:
+        """Losses of one batch (Eq. S1). Returns the per-term losses and ``loss`` (weighted sum)."""
+        bsz = batch.num_graphs
+        mu, logvar, z = self.encode(batch)
+        kld = torch.mean(-0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
+
+        natom_loss = F.cross_entropy(self.predict_num_atoms(z).float(), batch.num_atoms)
+        scaled, lengths, angles = self.predict_lattice(z, batch.num_atoms)
+        lattice_loss = F.mse_loss(scaled, self.lattice_target(batch))
+        comp_logits = self.composition_logits(z, batch.batch)
+        target_types = batch.atom_types - 1
+        comp_loss = segment_mean(F.cross_entropy(comp_logits, target_types, reduction="none"), batch.batch, bsz).mean()
+
+        if teacher_forcing:
+            lattice = lattice_from_params(batch.lengths, batch.angles)
+        else:
+            lattice = lattice_from_params(lengths.detach(), angles.detach())
+
+        # Coordinates (Eq. 2) and types (Eq. 9) are noised at independent steps.
+        steps = self.schedule.num_steps
+        t = ddpm.sample_timesteps(bsz, steps, device=z.device)
+        s = ddpm.sample_timesteps(bsz, steps, device=z.device)
+        x_t, eps = ddpm.q_sample(self.schedule, batch.frac_coords, t, batch.batch, recenter=self.recenter)
+        sigma_type = self.schedule.type_sigmas[s][batch.batch]
+        noisy_types = ddpm.noise_atom_types(batch.atom_types, F.softmax(comp_logits.detach(), -1), sigma_type)
+
+        eps_hat, type_logits = self.denoiser(z, t, steps, x_t, noisy_types, batch.num_atoms, batch.batch, lattice)
+        coord_loss = segment_mean(((eps_hat.float() - eps) ** 2).sum(-1), batch.batch, bsz).mean()
+        type_ce = F.cross_entropy(type_logits.float(), target_types, reduction="none") / sigma_type
+        type_loss = segment_mean(type_ce, batch.batch, bsz).mean()
+
+        w = self.loss_weights
+        total = (
+            w["cost_natom"] * natom_loss
+            + w["cost_lattice"] * lattice_loss
+            + w["cost_composition"] * comp_loss
+            + w["cost_coord"] * coord_multiplier * coord_loss
+            + w["cost_type"] * type_loss
+            + w["beta"] * kld
+        )
+        return {
+            "loss": total,
+            "natom": natom_loss,
+            "lattice": lattice_loss,
+            "composition": comp_loss,
+            "coord": coord_loss,
+            "type": type_loss,
+            "kld": kld,
+            # the reference's validation / checkpoint criterion: cost_coord*coord + cost_type*type
+            "val_criterion": w["cost_coord"] * coord_loss + w["cost_type"] * type_loss,
+        }
+
+    # ------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def decode(
+        self,
+        z: Tensor,
+        sampler: str = "eq7",
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        num_atoms: Tensor | None = None,
+        atom_types: Tensor | None = None,
+        callback: Callable[..., None] | None = None,
+    ) -> dict[str, Tensor]:
+        """Decode latents into crystals with the reverse diffusion process.
+
+        Args:
+            z: [B, D] latents.
+            sampler: "eq7" (paper's modified step, wraps every step), "eq6" (plain DDPM) or "ddim".
+            steps: number of reverse steps K (None = all T - 1 steps; K < T uses the respaced sampler).
+            generator: torch.Generator on z's device for reproducible noise.
+            num_atoms: [B] force the atom counts (default: argmax of the N_a head, at least 1).
+            atom_types: [N] force the atom types (default: initialised from A_z, then argmax of the
+                denoiser's type logits after every step).
+
+        Returns:
+            dict with frac_coords [N,3] in [0,1), atom_types [N] (Z), num_atoms [B], lengths [B,3] Å,
+            angles [B,3] deg.
+        """
+        if num_atoms is None:
+            num_atoms = self.predict_num_atoms(z).float().argmax(-1).clamp(min=1)
+        _, lengths, angles = self.predict_lattice(z, num_atoms)
+        lattice = lattice_from_params(lengths, angles)
+        batch = torch.repeat_interleave(torch.arange(z.shape[0], device=z.device), num_atoms)
+        force_types = atom_types is not None
+        if not force_types:
+            probs = F.softmax(self.composition_logits(z, batch), -1)
+            atom_types = sample_composition_types(probs, batch, num_atoms, generator=generator)
+        state = {"types": atom_types}
+        total_steps = self.schedule.num_steps
+
+        def eps_fn(x_t: Tensor, t: Tensor, step_index: int) -> tuple[Tensor, Tensor]:
+            eps_hat, logits = self.denoiser(z, t, total_steps, x_t, state["types"], num_atoms, batch, lattice)
+            if not force_types:
+                state["types"] = logits.float().argmax(-1) + 1
+            return eps_hat.float(), state["types"]
+
+        x_T = ddpm.prior_sample(batch, z.shape[0], generator=generator)
+        if not self.recenter:
+            x_T = torch.randn(x_T.shape, device=z.device, generator=generator)
+        x0 = ddpm.reverse_sample(eps_fn, x_T, batch, num_atoms, self.schedule, sampler=sampler, steps=steps,
+                                 generator=generator, callback=callback, recenter=self.recenter)
+        return {
+            "frac_coords": x0,
+            "atom_types": state["types"],
+            "num_atoms": num_atoms,
+            "lengths": lengths,
+            "angles": angles,
+        }

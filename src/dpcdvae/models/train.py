@@ -1,0 +1,153 @@
+"""``dpcdvae train``: the training entry point (typed, importable; the CLI is a thin wrapper)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from dpcdvae.config import apply_overrides, load_config
+
+__all__ = ["train", "TrainResult"]
+
+
+@dataclass
+class TrainResult:
+    out_dir: str
+    epochs: int
+    global_step: int
+    minutes: float
+    stopped_by: str
+    crystals_per_s: float
+    peak_gpu_mem_gib: float | None
+    last_train_loss: float | None
+    last_val_loss: float | None
+    best_val_loss: float | None
+    model_path: str
+    num_parameters: int
+
+
+def _last_ckpt(out: Path) -> Path:
+    return out / "checkpoints" / "last.ckpt"
+
+
+def train(
+    config: str = "perov_5",
+    out: Path | str = "runs/perov_5",
+    encoder: str | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    cache_dir: Path | str | None = None,
+    devices: int = 1,
+    strategy: str = "auto",
+    accelerator: str = "auto",
+    limit: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train DP-CDVAE.
+
+    Args:
+        config: preset name (``perov_5``, ``carbon_24``, ``mp_20``, ``tiny``) or a YAML path.
+        out: run directory: ``checkpoints/{last,best}.ckpt``, ``logs/`` (CSV), ``config.json``,
+            ``model.pt`` (self-contained weights + config) and ``train_summary.json``.
+        encoder: ``dime``, ``dime+na``, ``dime+gine`` or ``dime+na+gine`` (overrides the preset).
+        overrides: dotted ``key=value`` overrides (``model.latent_dim=128``).
+        resume: continue from ``out/checkpoints/last.ckpt`` (its config is used; ``overrides`` still
+            apply, e.g. a new ``train.max_minutes``).
+        cache_dir: tensor cache (``dpcdvae data prepare``); default ``DPCDVAE_CACHE`` or ~/.cache/dpcdvae.
+        devices, strategy, accelerator: passed to Lightning (``--devices 2 --strategy ddp``).
+        limit: use only the first ``limit`` training crystals (demos, tests).
+        progress: show a progress bar.
+    """
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from dpcdvae.models.build import build_model, save_model
+    from dpcdvae.models.callbacks import Throughput, TimeBudget
+    from dpcdvae.models.datamodule import CrystalDataModule
+    from dpcdvae.models.lightning import DPCDVAEModule
+
+    out = Path(out)
+    ckpt_path: Path | None = None
+    if resume:
+        ckpt_path = _last_ckpt(out)
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]["config"]
+        cfg = apply_overrides(saved, overrides)
+    else:
+        if _last_ckpt(out).exists():
+            raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        cfg = load_config(config, overrides, encoder=encoder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    pl.seed_everything(int(cfg["train"]["seed"]), workers=True, verbose=False)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+    dm = CrystalDataModule(cfg, cache_dir, limit=limit)
+    dm.load()
+    model = build_model(cfg, dm.scalers)
+    module = DPCDVAEModule(model, cfg)
+    tcfg = cfg["train"]
+    budget = TimeBudget(tcfg["max_minutes"]) if tcfg.get("max_minutes") else None
+    throughput = Throughput()
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min",
+                           save_top_k=1, save_last=True)
+    callbacks = [best, throughput, LearningRateMonitor(logging_interval="epoch")]
+    if budget is not None:
+        callbacks.append(budget)
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=tcfg["precision"] if torch.cuda.is_available() else "32-true",
+        max_epochs=int(tcfg["max_epochs"]),
+        gradient_clip_val=float(tcfg["grad_clip_value"]),
+        gradient_clip_algorithm="value",
+        check_val_every_n_epoch=int(tcfg["check_val_every_n_epoch"]),
+        log_every_n_steps=int(tcfg["log_every_n_steps"]),
+        logger=CSVLogger(str(out), name="logs", version=0),
+        callbacks=callbacks,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        default_root_dir=str(out),
+    )
+    t0 = time.monotonic()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    minutes = (time.monotonic() - t0) / 60.0
+    # Always leave an exact resumable state, also when the time budget stopped mid-epoch.
+    trainer.save_checkpoint(_last_ckpt(out))
+    model_path = out / "model.pt"
+    if trainer.is_global_zero:
+        save_model(model_path, model, cfg)
+
+    def _metric(name: str) -> float | None:
+        v = trainer.callback_metrics.get(name)
+        return float(v) if v is not None else None
+
+    if budget is not None and budget.triggered:
+        stopped = "time budget"
+    elif trainer.current_epoch >= int(tcfg["max_epochs"]):
+        stopped = "max_epochs"
+    else:
+        stopped = "other"
+    tp = throughput.summary()
+    result = TrainResult(
+        out_dir=str(out), epochs=int(trainer.current_epoch), global_step=int(trainer.global_step),
+        minutes=minutes, stopped_by=stopped, crystals_per_s=float(tp["crystals_per_s"]),
+        peak_gpu_mem_gib=tp["peak_gpu_mem_gib"], last_train_loss=_metric("train_loss_epoch"),
+        last_val_loss=_metric("val_loss"),
+        best_val_loss=float(best.best_model_score) if best.best_model_score is not None else None,
+        model_path=str(model_path), num_parameters=sum(p.numel() for p in model.parameters()),
+    )
+    if trainer.is_global_zero:
+        (out / "train_summary.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return result
