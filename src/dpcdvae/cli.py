@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "dpcdvae.models.commands",
     "dpcdvae.sampling.commands",
     "dpcdvae.evaluation.commands",
+    "dpcdvae.demo",
 )
 
 
