@@ -47,7 +47,8 @@ class DPDenoiser(nn.Module):
 
     Args:
         latent_dim: width of z (256). atom_emb_dim: atom-type embedding width (128).
-        time_dim: sinusoid / time-embedding width (128); time_hidden: its MLP width (512).
+        time_dim: sinusoid / time-embedding width (128); time_hidden: its MLP width (None: 4 time_dim,
+            i.e. 512 as in the reference).
         fourier_min, fourier_max: Fourier frequencies 2 pi 2^q, q = fourier_min..fourier_max (3..8).
         num_types: atom classes (100; class = Z - 1).
         cutoff: graph radius in Å (7.0). max_neighbors: neighbour cap per target (20; None = no cap).
@@ -62,7 +63,7 @@ class DPDenoiser(nn.Module):
         latent_dim: int = 256,
         atom_emb_dim: int = 128,
         time_dim: int = 128,
-        time_hidden: int = 512,
+        time_hidden: int | None = None,
         fourier_min: int = 3,
         fourier_max: int = 8,
         num_types: int = 100,
@@ -114,7 +115,7 @@ class DPDenoiser(nn.Module):
         nn.init.uniform_(self.atom_emb.weight, -(3.0**0.5), 3.0**0.5)
         self.time_emb: TimeEmbedding | None = None
         if conditioning == "dpcdvae":
-            self.time_emb = TimeEmbedding(time_dim, time_hidden)
+            self.time_emb = TimeEmbedding(time_dim, 4 * time_dim if time_hidden is None else time_hidden)
             width = atom_emb_dim + latent_dim + time_dim + num_fourier_features(fourier_min, fourier_max)
             self.cond: nn.Module = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
         else:

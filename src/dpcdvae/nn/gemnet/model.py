@@ -142,7 +142,8 @@ class GemNetT(nn.Module):
         num_edges = src.shape[0]
         device = dst.device
         gdtype = geometry_dtype(graph.vec)
-        deg = torch.bincount(dst, minlength=n)
+        # in-degrees without a host sync (CUDA bincount syncs to size its output)
+        deg = torch.zeros(n, dtype=torch.long, device=device).index_add_(0, dst, torch.ones_like(dst))
         if width is None:
             width = int(deg.max()) if num_edges > 0 else 1
         width = max(int(width), 1)
