@@ -34,8 +34,9 @@ class DPDenoiser(nn.Module):
 
     - ``"fractional"`` (default) returns ``eps_i = v_i L_b^{-1}``, the fractional displacement whose
       Cartesian image is ``v_i``. This is the frame of the target: eps is invariant under rotations
-      and reflections of the Cartesian frame (L' = L Q^T) and transforms like fractional noise under a
-      change of basis. It also makes the network's job local: for a noisy structure
+      and reflections of the Cartesian frame (L' = L Q^T), and the conversion itself is covariant under
+      a change of lattice basis (the Fourier features, which read absolute fractional coordinates, are
+      not). It also makes the network's job local: for a noisy structure
       ``x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps`` the optimum is ``v = eps L``, the Cartesian
       displacement caused by the noise (divided by its scale), which GemNet can read off the local
       geometry; the lattice-dependent conversion back to fractional units is exact. In the
