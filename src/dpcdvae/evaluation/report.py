@@ -28,7 +28,9 @@ def _hist(ax, gen: np.ndarray, gt: np.ndarray, title: str, integer: bool = False
         bins = np.arange(np.floor(both.min()) - 0.5, np.ceil(both.max()) + 1.5)
     else:
         lo, hi = np.percentile(both, [0.5, 99.5])
-        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 50)
+        if hi - lo < 1e-6 * max(1.0, abs(lo)):
+            lo, hi = lo - 0.5, hi + 0.5
+        bins = np.linspace(lo, hi, 50)
     for data, name, color in ((gt, labels[1], "tab:gray"), (gen, labels[0], "tab:blue")):
         if data.size:
             ax.hist(np.clip(data, bins[0], bins[-1]), bins=bins, density=True, alpha=0.55, label=f"{name} (n={data.size})",

@@ -259,14 +259,16 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def make_executor(workers: int) -> Executor | None:
-    """A spawn-based process pool of ``workers`` processes, or None for ``workers <= 1``
-    (in-process evaluation)."""
+def make_executor(workers: int, start_method: str = "spawn") -> Executor | None:
+    """A process pool of ``workers`` processes, or None for ``workers <= 1`` (in-process evaluation).
+
+    ``spawn`` (default) is safe whatever the parent holds (threads, CUDA, OpenMP state); each worker
+    imports pymatgen/matminer once (a few seconds, in parallel)."""
     import multiprocessing
 
     if workers <= 1:
         return None
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(start_method),
                                initializer=_init_worker)
 
 
