@@ -75,13 +75,7 @@ def holdout_split(dataset: CrystalDataset, fraction: float, seed: int) -> tuple[
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     hold, train = perm[:n_hold].sort().values, perm[n_hold:].sort().values
 
-    def subset(idx: torch.Tensor) -> CrystalDataset:
-        b = dataset.batch(idx)
-        return CrystalDataset(b.frac_coords, b.atom_types, b.num_atoms, b.lengths, b.angles, b.props, b.index,
-                              [dataset.material_ids[i] for i in idx.tolist()], dataset.prop_names,
-                              dataset.meta)
-
-    return subset(train), subset(hold)
+    return dataset.subset(train), dataset.subset(hold)
 
 
 class CrystalDataModule(pl.LightningDataModule):
@@ -140,8 +134,4 @@ class CrystalDataModule(pl.LightningDataModule):
 
 def train_subset(dataset: CrystalDataset, n: int) -> CrystalDataset:
     """The first ``n`` crystals (tests and demos)."""
-    if n >= len(dataset):
-        return dataset
-    b = dataset.batch(torch.arange(n))
-    return CrystalDataset(b.frac_coords, b.atom_types, b.num_atoms, b.lengths, b.angles, b.props, b.index,
-                          dataset.material_ids[:n], dataset.prop_names, dataset.meta)
+    return dataset if n >= len(dataset) else dataset.subset(torch.arange(n))

@@ -26,9 +26,7 @@ def _with_property(ds: CrystalDataset, col: int) -> CrystalDataset:
     if keep.numel() == 0:
         raise ValueError(f"split {ds.meta.get('split')} of {ds.meta.get('dataset')} has no values of "
                          f"{ds.prop_names[col]}; train on a split that has them (--train-split val)")
-    b = ds.batch(keep)
-    return CrystalDataset(b.frac_coords, b.atom_types, b.num_atoms, b.lengths, b.angles, b.props, b.index,
-                          [ds.material_ids[i] for i in keep.tolist()], ds.prop_names, ds.meta)
+    return ds.subset(keep)
 
 
 class PropertyModule(pl.LightningModule):

@@ -112,7 +112,7 @@ def train(
         gradient_clip_algorithm="value",
         check_val_every_n_epoch=int(tcfg["check_val_every_n_epoch"]),
         log_every_n_steps=int(tcfg["log_every_n_steps"]),
-        logger=CSVLogger(str(out), name="logs", version=0),
+        logger=CSVLogger(str(out), name="logs"),  # a new version_k per call: resumed runs keep old logs
         callbacks=callbacks,
         enable_progress_bar=progress,
         enable_model_summary=False,

@@ -182,23 +182,33 @@ def spherical_jn(order: Tensor, t: Tensor, lmax: int) -> Tensor:
     return torch.where(small, series, rec)
 
 
+def _jn_values(l: int, x: Tensor) -> Tensor:
+    """j_l at float64 points x (same accurate series/recurrence as :func:`spherical_jn`)."""
+    return spherical_jn(torch.full_like(x, l, dtype=torch.long), x, lmax=max(l, 1))
+
+
 @functools.lru_cache(maxsize=8)
 def spherical_bessel_roots(lmax: int, num_roots: int) -> tuple[tuple[float, ...], ...]:
-    """First ``num_roots`` positive roots of j_l for l = 0..lmax, float64 (scipy brentq).
+    """First ``num_roots`` positive roots of j_l for l = 0..lmax, float64 (vectorised bisection).
 
     Roots of j_l interlace with those of j_{l-1}, so each is bracketed by two consecutive roots of
-    the previous order (z_0n = n pi).
+    the previous order (z_0n = n pi). No scipy needed at model construction (GPU images may lack it).
     """
-    from scipy.optimize import brentq
-    from scipy.special import spherical_jn as sp_jn
-
     n_total = num_roots + lmax
-    prev = [math.pi * (k + 1) for k in range(n_total)]
-    roots = [tuple(prev[:num_roots])]
+    prev = torch.tensor([math.pi * (k + 1) for k in range(n_total)], dtype=torch.float64)
+    roots = [tuple(prev[:num_roots].tolist())]
     for l in range(1, lmax + 1):
-        cur = [brentq(lambda x, l=l: sp_jn(l, x), prev[k], prev[k + 1], xtol=1e-14)
-               for k in range(len(prev) - 1)]
-        roots.append(tuple(cur[:num_roots]))
+        lo, hi = prev[:-1].clone(), prev[1:].clone()
+        f_lo = _jn_values(l, lo)
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            f_mid = _jn_values(l, mid)
+            left = torch.sign(f_mid) == torch.sign(f_lo)
+            lo = torch.where(left, mid, lo)
+            f_lo = torch.where(left, f_mid, f_lo)
+            hi = torch.where(left, hi, mid)
+        cur = 0.5 * (lo + hi)
+        roots.append(tuple(cur[:num_roots].tolist()))
         prev = cur
     return tuple(roots)
 
@@ -226,10 +236,8 @@ class SphericalBasis(nn.Module):
             raise ValueError(f"num_spherical must be in 1..8, got {num_spherical}")
         self.num_spherical, self.num_radial = num_spherical, num_radial
         self.cutoff, self.envelope_exponent = float(cutoff), envelope_exponent
-        from scipy.special import spherical_jn as sp_jn
-
         roots = spherical_bessel_roots(num_spherical - 1, num_radial)
-        norms = [[math.sqrt(2.0) / abs(float(sp_jn(l + 1, z))) for z in roots[l]]
+        norms = [[math.sqrt(2.0) / abs(v) for v in _jn_values(l + 1, torch.tensor(roots[l], dtype=torch.float64)).tolist()]
                  for l in range(num_spherical)]
         self._tables = {"roots": roots, "norms": norms}
         for name, val in self._tables.items():

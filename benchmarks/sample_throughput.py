@@ -1,0 +1,72 @@
+"""Sampling throughput: crystals/s of the reverse diffusion (all network calls, graph rebuilt every
+step) for a model file, or for an untrained paper-size model of a preset (speed does not depend on the
+weights, only on the crystal sizes the N_a head predicts; with random weights they come from
+``--num-atoms`` instead).
+
+    python benchmarks/sample_throughput.py --preset mp_20 --cache-dir .cache -n 1024 --steps 100 999
+
+Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from dpcdvae.config import load_config
+from dpcdvae.data.cache import load_scalers, load_split
+from dpcdvae.models.build import build_model, load_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--ckpt", default=None, help="model.pt (default: untrained preset model)")
+    ap.add_argument("--preset", default="mp_20")
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("-n", type=int, default=1024, help="crystals per batch")
+    ap.add_argument("--steps", type=int, nargs="+", default=[100])
+    ap.add_argument("--sampler", default="eq7")
+    ap.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="tf32")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = args.precision != "fp32"
+    if args.ckpt:
+        model, cfg = load_model(args.ckpt, dev)
+    else:
+        cfg = load_config(args.preset)
+        torch.manual_seed(0)
+        model = build_model(cfg, load_scalers(args.cache_dir, cfg["data"]["dataset"])).to(dev).eval()
+    # atom counts drawn from the training split (what a trained N_a head reproduces)
+    train = load_split(args.cache_dir, cfg["data"]["dataset"], cfg["data"]["train_split"])
+    gen = torch.Generator().manual_seed(0)
+    counts = train.num_atoms[torch.randint(len(train), (args.n,), generator=gen)].to(dev)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    for steps in args.steps:
+        z = torch.randn(args.n, model.latent_dim, device=dev)
+        g = torch.Generator(device=dev).manual_seed(0)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        with torch.no_grad(), torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            out = model.decode(z, sampler=args.sampler, steps=None if steps >= model.schedule.num_steps - 1 else steps,
+                               generator=g, num_atoms=counts)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        print(json.dumps({
+            "dataset": cfg["data"]["dataset"], "n": args.n, "atoms": int(out["num_atoms"].sum()), "steps": steps,
+            "sampler": args.sampler, "precision": args.precision, "seconds": round(dt, 2),
+            "crystals_per_s": round(args.n / dt, 1),
+            "est_10240_minutes": round(10240 / (args.n / dt) / 60, 2),
+            "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
+            "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
