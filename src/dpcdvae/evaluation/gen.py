@@ -93,6 +93,15 @@ def gen_metrics(gen: dict[str, np.ndarray], gt: dict[str, np.ndarray], struct_cu
         "wdist_density": wasserstein(gen["density"][rows], gt["density"][gt_ok]),
         "wdist_num_elems": wasserstein(gen["n_elems"][rows], gt["n_elems"][gt_ok]),
     }
+    if valid_rows.size > n_wdist:  # spread of the W distances over 10 draws of the random subset
+        draws = [choose_subset(valid_rows, n_wdist, seed + k) for k in range(10)]
+        dens = [wasserstein(gen["density"][r], gt["density"][gt_ok]) for r in draws]
+        nel = [wasserstein(gen["n_elems"][r], gt["n_elems"][gt_ok]) for r in draws]
+        out["wdist"]["resampled_10_seeds"] = {
+            "seeds": [seed, seed + 9],
+            "wdist_density_mean": float(np.mean(dens)), "wdist_density_std": float(np.std(dens)),
+            "wdist_num_elems_mean": float(np.mean(nel)), "wdist_num_elems_std": float(np.std(nel)),
+        }
     out["diversity"] = {
         "comp_div": mean_pdist(normalise_comp_fps(gen["comp_fp"][rows])),
         "struct_div": mean_pdist(gen["struct_fp"][rows]),

@@ -118,6 +118,10 @@ def write_gen_report(folder: Path, result: dict[str, Any], gen: dict[str, np.nda
         f"| W(#elements) | {_fmt(w['wdist_num_elems'])} |",
         f"| W(property) | {_fmt(w['wdist_prop'])}" + (f" ({w['reason']})" if w.get("reason") else "") + " |",
         f"| comp_div / struct_div | {_fmt(d['comp_div'])} / {_fmt(d['struct_div'])} |",
+        *([f"| W(density), W(#elements): mean ± std over seeds {w['resampled_10_seeds']['seeds']} | "
+           f"{_fmt(w['resampled_10_seeds']['wdist_density_mean'])} ± {_fmt(w['resampled_10_seeds']['wdist_density_std'])}, "
+           f"{_fmt(w['resampled_10_seeds']['wdist_num_elems_mean'])} ± "
+           f"{_fmt(w['resampled_10_seeds']['wdist_num_elems_std'])} |"] if "resampled_10_seeds" in w else []),
         "",
         f"W distances and diversities use {w['n_samples']} random valid crystals (numpy default_rng seed "
         f"{w['seed']}) against {w['n_gt']} ground-truth crystals. Composition validity uses the SMACT "
