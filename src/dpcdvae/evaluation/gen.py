@@ -34,6 +34,29 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def code_provenance() -> dict[str, Any]:
+    """dpcdvae version, and the git commit when running from a checkout (None otherwise);
+    ``evaluation_modified`` says whether src/dpcdvae/evaluation differs from that commit."""
+    import subprocess
+
+    from dpcdvae import __version__
+
+    out: dict[str, Any] = {"dpcdvae": __version__, "git_commit": None, "evaluation_modified": None}
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return out
+    try:
+        git = ["git", "-C", str(root)]
+        out["git_commit"] = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                           timeout=10).stdout.strip() or None
+        status = subprocess.run(git + ["status", "--porcelain", "--", "src/dpcdvae/evaluation"], capture_output=True,
+                                text=True, timeout=10).stdout
+        out["evaluation_modified"] = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
 def evaluate_items(items: list[CrystalInput], opts: EvalOptions, executor, workers: int, progress: bool,
                    desc: str) -> dict[str, np.ndarray]:
     """Evaluate crystals (in parallel when ``executor`` is given) -> record table."""
@@ -243,7 +266,7 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
             "min_distance_A": opts.dist_cutoff, "min_volume_A3": 0.1,
             "struct_fingerprint": "matminer CrystalNNFingerprint ops, site mean",
             "comp_fingerprint": "matminer ElementProperty magpie impute_nan=False, CDVAE CompScaler, NaN->0",
-            "versions": library_versions(),
+            "versions": library_versions(), "code": code_provenance(),
         },
         **metrics,
         "timing": timing,

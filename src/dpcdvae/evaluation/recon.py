@@ -38,7 +38,7 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
     """
     import pandas as pd
 
-    from dpcdvae.evaluation.gen import library_versions, write_json
+    from dpcdvae.evaluation.gen import code_provenance, library_versions, write_json
     from dpcdvae.evaluation.io import load_crystals, read_csv_structures, resolve_source, split_csv_path
     from dpcdvae.evaluation.metrics import canonical_dataset, lattice_rms, recon_summary, validity_summary
     from dpcdvae.evaluation.worker import (default_workers, make_executor, match_pair, records_to_table,
@@ -96,7 +96,7 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
         "ground_truth": {"split": split, "csv": str(gt_csv), "n": n_gt},
         "settings": {"stol": stol, "angle_tol": angle_tol, "ltol": ltol, "fingerprint_validity": fp_check,
                      "oxidation_states": oxidation_states, "pauling_missing_electronegativity": pauling_missing,
-                     "versions": library_versions()},
+                     "versions": library_versions(), "code": code_provenance()},
         **summary,
         "validity": validity_summary(table),
         "timing": {"total_s": round(time.perf_counter() - t_start, 3), "workers": workers,
