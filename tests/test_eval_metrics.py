@@ -114,3 +114,38 @@ def test_comp_scaler_shipped_and_nan_to_zero():
     fp[0, 3] = np.nan
     out = normalise_comp_fps(fp)
     assert np.allclose(out, 0.0)
+
+
+def test_property_wdist_calls_the_predictor_contract(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    import torch
+
+    from dpcdvae.evaluation.gen import property_wdist
+    from dpcdvae.evaluation.worker import evaluate_crystal, records_to_table
+
+    calls = []
+
+    def fake_predict(ckpt_path, structures, batch_size=256, device="cpu"):
+        calls.append(structures)
+        assert set(structures) == {"frac_coords", "atom_types", "num_atoms", "lengths", "angles"}
+        assert structures["frac_coords"].dtype == torch.float32 and structures["atom_types"].dtype == torch.int64
+        assert int(structures["num_atoms"].sum()) == structures["frac_coords"].shape[0]
+        return structures["lengths"][:, 0].numpy()  # a stand-in "property": the a lattice length
+
+    monkeypatch.setitem(sys.modules, "dpcdvae.models.property", types.SimpleNamespace(predict_property=fake_predict))
+    opts = EvalOptions(fingerprints=False)
+    gen = records_to_table([evaluate_crystal(CrystalInput(str(a), TYPES, FRAC, np.array([a, 5.0, 6.0]),
+                                                          np.array([90.0] * 3)), opts) for a in (4.0, 4.5, 5.0)])
+    gt = records_to_table([evaluate_crystal(CrystalInput(str(a), TYPES, FRAC, np.array([a, 5.0, 6.0]),
+                                                         np.array([90.0] * 3)), opts) for a in (4.0, 6.0)])
+    ckpt = tmp_path / "prop.ckpt"
+    ckpt.write_bytes(b"x")
+    res, gen_p, gt_p = property_wdist(ckpt, gen, np.array([0, 2]), gt)
+    assert len(calls) == 2 and np.allclose(gen_p, [4.0, 5.0]) and np.allclose(gt_p, [4.0, 6.0])
+    assert res["wdist_prop"] == pytest.approx(wasserstein(np.array([4.0, 5.0]), np.array([4.0, 6.0])))
+    res, _, _ = property_wdist(None, gen, np.array([0]), gt)
+    assert res["wdist_prop"] is None and "prop-ckpt" in res["reason"]
+    with pytest.raises(FileNotFoundError):
+        property_wdist(tmp_path / "missing.ckpt", gen, np.array([0]), gt)
