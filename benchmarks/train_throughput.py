@@ -20,12 +20,16 @@ from dpcdvae.models.build import build_model
 
 
 def bench(preset: str, cache_dir: str, steps: int, warmup: int, precision: str, batch_size: int | None,
-          encoder: str | None, device: torch.device) -> dict:
+          encoder: str | None, device: torch.device, compile_: bool = False) -> dict:
     cfg = load_config(preset, encoder=encoder)
     data = cfg["data"]
     ds = load_split(cache_dir, data["dataset"], data["train_split"]).to(device)
     torch.manual_seed(0)
     model = build_model(cfg, load_scalers(cache_dir, data["dataset"])).to(device).train()
+    if compile_:
+        from dpcdvae.models.compile import compile_model
+
+        compile_model(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     bs = batch_size or int(data["batch_size"])
     gen = torch.Generator().manual_seed(0)
@@ -56,6 +60,7 @@ def bench(preset: str, cache_dir: str, steps: int, warmup: int, precision: str, 
     dt = time.perf_counter() - t0
     return {
         "preset": preset, "encoder": cfg["model"]["encoder"], "batch_size": bs, "precision": precision,
+        "compile": compile_,
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "crystals_per_s": round(n_crystals / dt, 1), "atoms_per_s": round(n_atoms / dt, 1),
         "ms_per_step": round(1000 * dt / steps, 1),
@@ -74,10 +79,11 @@ def main() -> None:
     ap.add_argument("--precision", choices=("bf16", "tf32", "fp32"), default="bf16")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the network bodies")
     args = ap.parse_args()
     for preset in args.presets:
         res = bench(preset, args.cache_dir, args.steps, args.warmup, args.precision, args.batch_size,
-                    args.encoder, torch.device(args.device))
+                    args.encoder, torch.device(args.device), args.compile)
         print(json.dumps(res), flush=True)
 
 

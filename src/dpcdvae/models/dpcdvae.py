@@ -22,7 +22,7 @@ from dpcdvae.diffusion.types import sample_composition_types
 from dpcdvae.geometry.lattice import lattice_from_params
 from dpcdvae.nn.mlp import build_mlp
 
-__all__ = ["DPCDVAE", "segment_mean", "LOSS_KEYS"]
+__all__ = ["DPCDVAE", "segment_mean", "sanitize_lattice", "LOSS_KEYS"]
 
 LOSS_KEYS = ("natom", "lattice", "composition", "coord", "type", "kld")
 
@@ -34,6 +34,14 @@ def segment_mean(values: Tensor, batch: Tensor, num_segments: int) -> Tensor:
     out.index_add_(0, batch, values)
     count = torch.bincount(batch, minlength=num_segments).clamp(min=1).to(values.dtype)
     return out / count.view(-1, *([1] * (values.dim() - 1)))
+
+
+def sanitize_lattice(lengths: Tensor, angles: Tensor, min_length: float = 1.0,
+                     angle_range: tuple[float, float] = (30.0, 150.0)) -> tuple[Tensor, Tensor]:
+    """Clamp predicted lattice parameters ([B,3] Å, [B,3] deg) into a physical range so that an
+    untrained or wild lattice head cannot produce a zero or negative cell (real cells of the three
+    benchmarks lie well inside it)."""
+    return lengths.clamp(min=min_length), angles.clamp(min=angle_range[0], max=angle_range[1])
 
 
 class DPCDVAE(nn.Module):
@@ -93,10 +101,16 @@ class DPCDVAE(nn.Module):
 
     # ----------------------------------------------------------------------------------- VAE
     def encode_stats(self, batch: CrystalBatch) -> tuple[Tensor, Tensor]:
-        """-> (mu [B,D], logvar [B,D]) of q(z | crystal)."""
+        """-> (mu [B,D], logvar [B,D]) of q(z | crystal).
+
+        logvar is clamped to [-20, 10]: early in training the summed DimeNet++ features of a large
+        cell can push it past 80, where exp() overflows and one batch turns every weight into NaN.
+        The clamp never binds for a trained model (|logvar| stays O(1)).
+        """
         lattice = lattice_from_params(batch.lengths, batch.angles)
         hidden = self.encoder(batch.frac_coords, batch.atom_types, batch.num_atoms, batch.batch, lattice)
-        return self.fc_mu(hidden).float(), self.fc_var(hidden).float()
+        logvar = self.fc_var(hidden).float().clamp(min=-20.0, max=10.0)
+        return self.fc_mu(hidden).float(), logvar
 
     def encode(self, batch: CrystalBatch, sample: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """-> (mu [B,D], logvar [B,D], z [B,D]); z = mu when ``sample`` is False."""
@@ -142,7 +156,7 @@ class DPCDVAE(nn.Module):
         if teacher_forcing:
             lattice = lattice_from_params(batch.lengths, batch.angles)
         else:
-            lattice = lattice_from_params(lengths.detach(), angles.detach())
+            lattice = lattice_from_params(*sanitize_lattice(lengths.detach(), angles.detach()))
 
         # Coordinates (Eq. 2) and types (Eq. 9) are noised at independent steps.
         steps = self.schedule.num_steps
@@ -208,6 +222,7 @@ class DPCDVAE(nn.Module):
         if num_atoms is None:
             num_atoms = self.predict_num_atoms(z).float().argmax(-1).clamp(min=1)
         _, lengths, angles = self.predict_lattice(z, num_atoms)
+        lengths, angles = sanitize_lattice(lengths, angles)
         lattice = lattice_from_params(lengths, angles)
         batch = torch.repeat_interleave(torch.arange(z.shape[0], device=z.device), num_atoms)
         force_types = atom_types is not None

@@ -39,6 +39,15 @@ class DPCDVAEModule(pl.LightningModule):
         mult = float(self.config["model"]["loss"]["mul_cost_coord"]) if epoch >= int(self.tcfg["mul_cost_coord_epoch"]) else 1.0
         return teacher, mult
 
+    def on_train_batch_start(self, batch: CrystalBatch, batch_idx: int) -> None:
+        """Linear LR warm-up over ``train.warmup_steps`` (not in the reference: it removes the loss
+        spikes that Adam's first, sign-like updates cause in the 548-wide denoiser)."""
+        warmup = int(self.tcfg.get("warmup_steps", 0) or 0)
+        if warmup and self.global_step < warmup:
+            scale = (self.global_step + 1) / warmup
+            for group in self.optimizers().optimizer.param_groups:
+                group["lr"] = float(self.tcfg["lr"]) * scale
+
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         loader = getattr(dm, "train_loader", None)

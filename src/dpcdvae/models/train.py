@@ -93,8 +93,12 @@ def train(
     dm = CrystalDataModule(cfg, cache_dir, limit=limit)
     dm.load()
     model = build_model(cfg, dm.scalers)
-    module = DPCDVAEModule(model, cfg)
     tcfg = cfg["train"]
+    if tcfg.get("compile") and torch.cuda.is_available():
+        from dpcdvae.models.compile import compile_model
+
+        compile_model(model)
+    module = DPCDVAEModule(model, cfg)
     budget = TimeBudget(tcfg["max_minutes"]) if tcfg.get("max_minutes") else None
     throughput = Throughput()
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min",

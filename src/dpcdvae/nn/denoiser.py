@@ -201,6 +201,8 @@ class DPDenoiser(nn.Module):
         logits = self.type_head(h_final)
         if self.eps_frame == "fractional":
             with torch.autocast(device_type=vec.device.type, enabled=False):
-                inv = torch.linalg.inv(lattice.to(vec.dtype))
+                # inv_ex: a degenerate (predicted) cell must not abort a run; its rows become 0
+                inv, info = torch.linalg.inv_ex(lattice.to(vec.dtype))
+                inv = torch.where((info == 0).view(-1, 1, 1), inv, torch.zeros_like(inv))
                 vec = (vec.unsqueeze(-1) * inv[batch]).sum(dim=-2)
         return vec, logits

@@ -1,0 +1,54 @@
+"""Profile training steps of a preset on the GPU (torch.profiler; top ops by device and host time).
+
+    python benchmarks/profile_step.py --cache-dir .cache --preset perov_5 [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from dpcdvae.config import load_config
+from dpcdvae.data.cache import load_scalers, load_split
+from dpcdvae.models.build import build_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--preset", default="perov_5")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=30)
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    cfg = load_config(args.preset)
+    ds = load_split(args.cache_dir, cfg["data"]["dataset"], cfg["data"]["train_split"]).to(dev)
+    model = build_model(cfg, load_scalers(args.cache_dir, cfg["data"]["dataset"])).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    bs = int(cfg["data"]["batch_size"])
+
+    def step(i: int) -> None:
+        batch = ds.batch(torch.randint(len(ds), (bs,)))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(batch, teacher_forcing=i % 2 == 0)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+
+    for i in range(3):
+        step(i)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=False) as prof:
+        for i in range(args.steps):
+            with torch.profiler.record_function(f"step{i}"):
+                step(i)
+        torch.cuda.synchronize()
+    ka = prof.key_averages()
+    print(ka.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
+    print(ka.table(sort_by="cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
