@@ -79,7 +79,7 @@ def main() -> None:
     from dpcdvae.evaluation.gen import evaluate_items
     from dpcdvae.evaluation.io import read_csv_structures, split_csv_path
     from dpcdvae.evaluation.metrics import min_distances
-    from dpcdvae.evaluation.worker import EvalOptions, make_executor
+    from dpcdvae.evaluation.worker import EvalOptions, LazyPool
 
     source = Path(args.source)
     val = split_csv_path(source, args.dataset, "val")
@@ -96,16 +96,12 @@ def main() -> None:
 
     # the real pipeline in a pool: start-up + throughput
     t0 = time.perf_counter()
-    ex = make_executor(args.workers)
-    try:
-        evaluate_items(items[:args.workers], EvalOptions(), ex, args.workers, False, "")  # start workers
+    with LazyPool(args.workers) as pool:
+        evaluate_items(items[:args.workers], EvalOptions(), pool, False, "")  # start the workers
         t_start = time.perf_counter() - t0
         t0 = time.perf_counter()
-        evaluate_items(items, EvalOptions(), ex, args.workers, False, "")
+        evaluate_items(items, EvalOptions(), pool, False, "")
         t_pool = time.perf_counter() - t0
-    finally:
-        if ex is not None:
-            ex.shutdown()
     serial = float(per_gen * len(items))
     efficiency = serial / (t_pool * args.workers)
 

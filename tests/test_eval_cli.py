@@ -87,14 +87,13 @@ def test_cli_errors_are_one_line(tiny_source, tmp_path, capsys):
 def test_process_pool_gives_the_same_records(tiny_source):
     from dpcdvae.evaluation.gen import evaluate_items
     from dpcdvae.evaluation.io import read_csv_structures
-    from dpcdvae.evaluation.worker import EvalOptions, make_executor
+    from dpcdvae.evaluation.worker import EvalOptions, LazyPool
 
     items = read_csv_structures(tiny_source / "perov_5" / "test.csv.gz", rows=np.arange(4)).items
-    serial = evaluate_items(items, EvalOptions(), None, 1, False, "")
-    ex = make_executor(2, start_method="fork")  # fork: reuses this process's imports (fast test)
-    try:
-        pooled = evaluate_items(items, EvalOptions(), ex, 2, False, "")
-    finally:
-        ex.shutdown()
+    with LazyPool(1) as pool:
+        serial = evaluate_items(items, EvalOptions(), pool, False, "")
+    with LazyPool(2, start_method="fork") as pool:  # fork: reuses this process's imports (fast test)
+        pooled = evaluate_items(items, EvalOptions(), pool, False, "")
+        assert pool._executor is not None
     for key in ("valid", "struct_fp", "comp_fp", "density", "label"):
         assert np.array_equal(serial[key], pooled[key], equal_nan=key != "label")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from dpcdvae.evaluation.io import CrystalInput
-from dpcdvae.evaluation.worker import EvalOptions
+from dpcdvae.evaluation.worker import EvalOptions, LazyPool
 
 
 def library_versions() -> dict[str, str]:
@@ -57,16 +57,16 @@ def code_provenance() -> dict[str, Any]:
     return out
 
 
-def evaluate_items(items: list[CrystalInput], opts: EvalOptions, executor, workers: int, progress: bool,
+def evaluate_items(items: list[CrystalInput], opts: EvalOptions, pool: LazyPool, progress: bool,
                    desc: str) -> dict[str, np.ndarray]:
-    """Evaluate crystals (in parallel when ``executor`` is given) -> record table."""
-    from dpcdvae.evaluation.worker import evaluate_crystal, records_to_table, run_parallel
+    """Evaluate crystals in ``pool`` -> record table (``worker.records_to_table``)."""
+    from dpcdvae.evaluation.worker import evaluate_crystal, records_to_table
 
-    records = run_parallel(functools.partial(evaluate_crystal, opts=opts), items, executor, workers, progress, desc)
+    records = pool.map(functools.partial(evaluate_crystal, opts=opts), items, progress, desc)
     return records_to_table(records)
 
 
-def evaluate_csv_cached(csv_path: Path, dataset: str, split_label: str, opts: EvalOptions, executor, workers: int,
+def evaluate_csv_cached(csv_path: Path, dataset: str, split_label: str, opts: EvalOptions, pool: LazyPool,
                         cache_dir: Path | None, progress: bool, rows: np.ndarray | None = None,
                         ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Evaluate (rows of) a dataset CSV as ground truth (CDVAE preprocessing), through the cache.
@@ -86,7 +86,7 @@ def evaluate_csv_cached(csv_path: Path, dataset: str, split_label: str, opts: Ev
         table = hit[0]
     else:
         loaded = read_csv_structures(csv_path, preprocess=True, rows=rows)
-        table = evaluate_items(loaded.items, opts, executor, workers, progress, f"{dataset}/{split_label}")
+        table = evaluate_items(loaded.items, opts, pool, progress, f"{dataset}/{split_label}")
         if path is not None:
             ec.save_table(path, table, {"csv": str(csv_path), "sha256": sha, "settings": settings})
     info = {"csv": str(csv_path), "sha256": sha, "n": int(table["valid"].shape[0]),
@@ -203,7 +203,7 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     from dpcdvae.evaluation.cache import resolve_cache_dir
     from dpcdvae.evaluation.io import load_crystals, resolve_source, split_csv_path
     from dpcdvae.evaluation.metrics import COV_CUTOFFS, canonical_dataset
-    from dpcdvae.evaluation.worker import default_workers, make_executor
+    from dpcdvae.evaluation.worker import default_workers
 
     t_start = time.perf_counter()
     dataset = canonical_dataset(dataset)
@@ -221,9 +221,8 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     loaded = None if samples.name.lower().endswith((".csv", ".csv.gz")) else load_crystals(samples)
 
     timing: dict[str, float] = {}
-    executor = make_executor(workers)
-    try:
-        gt, gt_info = evaluate_csv_cached(gt_csv, dataset, split, opts, executor, workers, cdir, progress)
+    with LazyPool(workers) as pool:
+        gt, gt_info = evaluate_csv_cached(gt_csv, dataset, split, opts, pool, cdir, progress)
         timing["ground_truth_s"] = gt_info["seconds"]
         t0 = time.perf_counter()
         if loaded is None:  # a dataset CSV scored as if generated (e.g. the val split: data ceiling)
@@ -232,17 +231,14 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
             n_rows = len(pd.read_csv(samples, usecols=["cif"]))
             _, rows = _subset_items(list(range(n_rows)), max_samples, subset_seed)
             label = samples.name.split(".")[0] + ("" if rows is None else f"-subset{len(rows)}-seed{subset_seed}")
-            gen, gen_info = evaluate_csv_cached(samples, dataset, label, opts, executor, workers, cdir, progress, rows)
+            gen, gen_info = evaluate_csv_cached(samples, dataset, label, opts, pool, cdir, progress, rows)
             input_info = {"kind": "csv", "note": f"{samples.name}: dataset rows, Niggli + canonical lattice",
                           "cache_hit": gen_info["cache_hit"]}
         else:
             items, rows = _subset_items(loaded.items, max_samples, subset_seed)
-            gen = evaluate_items(items, opts, executor, workers, progress, "samples")
+            gen = evaluate_items(items, opts, pool, progress, "samples")
             input_info = {"kind": loaded.kind, "note": loaded.note, "meta": loaded.meta}
         timing["samples_s"] = round(time.perf_counter() - t0, 3)
-    finally:
-        if executor is not None:
-            executor.shutdown()
     input_info.update(path=str(samples), n_input=(n_rows if loaded is None else len(loaded.items)),
                       n_scored=int(gen["valid"].shape[0]),
                       subset=None if rows is None else {"max_samples": max_samples, "seed": subset_seed})

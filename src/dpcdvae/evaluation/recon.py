@@ -41,8 +41,7 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
     from dpcdvae.evaluation.gen import code_provenance, library_versions, write_json
     from dpcdvae.evaluation.io import load_crystals, read_csv_structures, resolve_source, split_csv_path
     from dpcdvae.evaluation.metrics import canonical_dataset, lattice_rms, recon_summary, validity_summary
-    from dpcdvae.evaluation.worker import (default_workers, make_executor, match_pair, records_to_table,
-                                           run_parallel)
+    from dpcdvae.evaluation.worker import LazyPool, default_workers, match_pair, records_to_table
 
     t_start = time.perf_counter()
     dataset = canonical_dataset(dataset)
@@ -68,12 +67,8 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
     gt_items = read_csv_structures(gt_csv, preprocess=True, rows=index).items
     opts = EvalOptions(oxidation_states=oxidation_states, pauling_missing=pauling_missing, fingerprints=fp_check)
     fn = functools.partial(match_pair, opts=opts, stol=stol, angle_tol=angle_tol, ltol=ltol)
-    executor = make_executor(workers)
-    try:
-        records = run_parallel(fn, list(zip(loaded.items, gt_items)), executor, workers, progress, "match")
-    finally:
-        if executor is not None:
-            executor.shutdown()
+    with LazyPool(workers) as pool:
+        records = pool.map(fn, list(zip(loaded.items, gt_items)), progress, "match")
     table = records_to_table(records)
     matched = np.array([r["matched"] for r in records], dtype=bool)
     rms = np.array([r["rms"] for r in records], dtype=np.float64)

@@ -288,3 +288,31 @@ def run_parallel(fn: Callable[[Any], Any], items: Sequence[Any], executor: Execu
     interval = 2.0 if sys.stderr.isatty() else 30.0
     return list(tqdm(results, total=len(items), desc=desc, disable=not progress, mininterval=interval,
                      dynamic_ncols=True))
+
+
+class LazyPool:
+    """A process pool started on first use (a fully cached evaluation starts no process).
+
+    Use as a context manager; ``workers <= 1`` evaluates in this process."""
+
+    def __init__(self, workers: int, start_method: str = "spawn") -> None:
+        self.workers = max(1, int(workers))
+        self.start_method = start_method
+        self._executor: Executor | None = None
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], progress: bool = True, desc: str = "") -> list[Any]:
+        """Ordered ``fn`` over ``items`` with a progress bar."""
+        if self._executor is None and self.workers > 1 and len(items) > 1:
+            self._executor = make_executor(self.workers, self.start_method)
+        return run_parallel(fn, items, self._executor, self.workers, progress, desc)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+
+    def __enter__(self) -> "LazyPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
