@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train DP-CDVAE on a prepared dataset")
     p.add_argument("--config", default="perov_5", help="preset (perov_5, carbon_24, mp_20, tiny) or YAML path")
     p.add_argument("--encoder", choices=ENCODERS, default=None, help="encoder variant (paper Table I)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="dotted config override, repeatable (e.g. --set model.latent_dim=128)")
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
