@@ -153,7 +153,7 @@ def radius_graph_pbc(
         c_d2 = d2[pair_idx, img_idx]
 
         if max_neighbors is not None:
-            order = torch.argsort(c_d2)
+            order = torch.argsort(c_d2, stable=True)  # deterministic tie-breaking
             order = order[torch.argsort(c_dst[order], stable=True)]
             c_src, c_dst, c_off, c_d2 = c_src[order], c_dst[order], c_off[order], c_d2[order]
             deg = torch.bincount(c_dst, minlength=n_total)
