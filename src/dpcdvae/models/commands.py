@@ -54,7 +54,10 @@ def _train(args: argparse.Namespace) -> int:
     res = train(config=args.config, out=args.out, encoder=args.encoder, overrides=args.overrides,
                 resume=args.resume, cache_dir=args.cache_dir, devices=args.devices, strategy=args.strategy,
                 accelerator=args.accelerator, limit=args.limit, progress=not args.no_progress)
-    print(json.dumps(asdict(res), indent=2))
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:  # under DDP every rank returns here; print once
+        print(json.dumps(asdict(res), indent=2))
     return 0
 
 

@@ -20,7 +20,15 @@ class DeviceLoader:
     """Iterable of :class:`CrystalBatch` over a (device-resident) dataset, sharded across ranks.
 
     Each epoch draws a fresh permutation from ``seed + epoch`` (same on every rank), and rank r takes
-    every world_size-th batch, so DDP ranks see disjoint crystals.
+    the global batches b with b % world_size == r, so DDP ranks see disjoint crystals.
+
+    ``equal_shards=True`` (training): every rank runs the same number of steps, floor(G / world_size)
+    of the G global batches (DDP's gradient all-reduce needs lock-step ranks; the G % world_size
+    left-over batches change every epoch with the permutation). ``equal_shards=False`` (validation):
+    the first min(G, max_batches) global batches are split over the ranks exactly once each, so the
+    evaluated crystals do not depend on world_size (ranks may then run one batch more or less).
+    ``max_batches`` caps the batches per rank with equal shards, the global batches otherwise.
+    A rank that would get no batch at all (G < world_size, tiny sets only) repeats a batch.
     """
 
     def __init__(
@@ -33,6 +41,7 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
         max_batches: int | None = None,
+        equal_shards: bool = True,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
@@ -42,15 +51,25 @@ class DeviceLoader:
         self.rank = rank
         self.world_size = world_size
         self.max_batches = max_batches
+        self.equal_shards = equal_shards
         self.epoch = 0
 
     def _num_global_batches(self) -> int:
         return self.dataset.num_batches(self.batch_size, self.drop_last)
 
+    def global_batches(self) -> list[int]:
+        """Indices of the global batches (into this epoch's permutation) that this rank runs, in order."""
+        g, w, r = self._num_global_batches(), self.world_size, self.rank
+        if self.equal_shards:
+            n = max(g // w, 1)
+            n = min(n, self.max_batches) if self.max_batches else n
+            return [i * w + r for i in range(n)]
+        g = min(g, self.max_batches) if self.max_batches else g
+        mine = list(range(r, g, w))
+        return mine if mine else [r % max(g, 1)]
+
     def __len__(self) -> int:
-        n = self._num_global_batches() // self.world_size
-        n = max(n, 1)
-        return min(n, self.max_batches) if self.max_batches else n
+        return len(self.global_batches())
 
     def __iter__(self) -> Iterator[CrystalBatch]:
         n = len(self.dataset)
@@ -60,8 +79,7 @@ class DeviceLoader:
         else:
             order = torch.arange(n, device=self.dataset.device)
         self.epoch += 1
-        for i in range(len(self)):
-            b = i * self.world_size + self.rank
+        for b in self.global_batches():
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             if idx.numel() == 0:
                 idx = order[: self.batch_size]
@@ -129,7 +147,7 @@ class CrystalDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DeviceLoader:
         rank, world = self._rank_world()
         return DeviceLoader(self.val_set, int(self.cfg["eval_batch_size"]), shuffle=False, rank=rank,
-                            world_size=world, max_batches=self.cfg.get("num_val_batches"))
+                            world_size=world, max_batches=self.cfg.get("num_val_batches"), equal_shards=False)
 
 
 def train_subset(dataset: CrystalDataset, n: int) -> CrystalDataset:

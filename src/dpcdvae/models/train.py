@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ class TrainResult:
     best_val_loss: float | None
     model_path: str
     num_parameters: int
+    world_size: int = 1
 
 
 def _last_ckpt(out: Path) -> Path:
@@ -58,7 +60,10 @@ def train(
         resume: continue from ``out/checkpoints/last.ckpt`` (its config is used; ``overrides`` still
             apply, e.g. a new ``train.max_minutes``).
         cache_dir: tensor cache (``dpcdvae data prepare``); default ``DPCDVAE_CACHE`` or ~/.cache/dpcdvae.
-        devices, strategy, accelerator: passed to Lightning (``--devices 2 --strategy ddp``).
+        devices, strategy, accelerator: passed to Lightning (``--devices 2 --strategy ddp``; docs/MULTIGPU.md).
+            Under DDP every rank runs this function (Lightning relaunches the command line); only global
+            rank 0 writes ``model.pt`` and ``train_summary.json``; the result's ``crystals_per_s`` counts
+            all ranks.
         limit: use only the first ``limit`` training crystals (demos, tests).
         progress: show a progress bar.
     """
@@ -86,6 +91,10 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
+    if devices != 1 or "ddp" in str(strategy):
+        # NVLink multicast (NVLS) can take shared GPUs out of service; keep it off unless the user chose.
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+        os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
     pl.seed_everything(int(cfg["train"]["seed"]), workers=True, verbose=False)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -127,7 +136,8 @@ def train(
     t0 = time.monotonic()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     minutes = (time.monotonic() - t0) / 60.0
-    # Always leave an exact resumable state, also when the time budget stopped mid-epoch.
+    # Always leave an exact resumable state, also when the time budget stopped mid-epoch. Under DDP this
+    # must run on every rank (Lightning writes on rank 0 and ends with a barrier).
     trainer.save_checkpoint(_last_ckpt(out))
     model_path = out / "model.pt"
     if trainer.is_global_zero:
@@ -146,11 +156,14 @@ def train(
     tp = throughput.summary()
     result = TrainResult(
         out_dir=str(out), epochs=int(trainer.current_epoch), global_step=int(trainer.global_step),
-        minutes=minutes, stopped_by=stopped, crystals_per_s=float(tp["crystals_per_s"]),
+        minutes=minutes, stopped_by=stopped,
+        # ranks step in lock-step on equal shards, so all ranks together do world_size x rank 0's rate
+        crystals_per_s=float(tp["crystals_per_s"]) * trainer.world_size,
         peak_gpu_mem_gib=tp["peak_gpu_mem_gib"], last_train_loss=_metric("train_loss_epoch"),
         last_val_loss=_metric("val_loss"),
         best_val_loss=float(best.best_model_score) if best.best_model_score is not None else None,
         model_path=str(model_path), num_parameters=sum(p.numel() for p in model.parameters()),
+        world_size=int(trainer.world_size),
     )
     if trainer.is_global_zero:
         (out / "train_summary.json").write_text(json.dumps(asdict(result), indent=2) + "\n")

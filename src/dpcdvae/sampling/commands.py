@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=int, default=10240, help="number of crystals")
     p.add_argument("--rank", type=int, default=0, help="shard index (batch b runs on rank b %% world)")
     p.add_argument("--world-size", type=int, default=1, help="number of shards")
+    p.add_argument("--devices", type=int, default=1,
+                   help="worker processes, one per GPU cuda:0..N-1 (or CPU workers with --device cpu); "
+                        "same crystals as one device")
     p.set_defaults(func=_sample)
 
     r = sub.add_parser("reconstruct", help="encode and decode a split, paired with its ground truth")
@@ -39,6 +42,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _sample(args: argparse.Namespace) -> int:
     from dpcdvae.sampling.run import result_json, sample
 
+    if args.devices != 1:
+        if args.world_size != 1 or args.rank != 0:
+            raise ValueError("use either --devices N (one command) or --rank/--world-size (one command per shard)")
+        from dpcdvae.sampling.distributed import ShardFailedError, sample_multi
+
+        try:
+            res = sample_multi(args.ckpt, args.n, args.out, args.devices, device=args.device,
+                               batch_size=args.batch_size, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                               resume=args.resume, write_cifs=not args.no_cif, progress=not args.no_progress)
+        except ShardFailedError as err:  # one line, as for bad input
+            raise ValueError(str(err)) from None
+        print(result_json(res))
+        return 0
     res = sample(args.ckpt, args.n, args.out, batch_size=args.batch_size, steps=args.steps, sampler=args.sampler,
                  seed=args.seed, device=args.device, resume=args.resume, write_cifs=not args.no_cif,
                  rank=args.rank, world_size=args.world_size, progress=not args.no_progress)

@@ -4,7 +4,8 @@ Every finished batch is written at once (``DIR/parts/part_000012.pt`` and its CI
 run keeps its work and ``resume=True`` continues with the missing batches. Batch ``b`` draws all of its
 randomness from a generator seeded with ``(seed, b)``, so a resumed or sharded run produces exactly the
 crystals of an uninterrupted single-device run. At the end the parts are merged into ``samples.pt``
-and ``samples.extxyz``.
+and ``samples.extxyz`` (by whichever shard finds all parts present, or by the parent of
+``dpcdvae sample --devices N``, see :mod:`dpcdvae.sampling.distributed`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def _run_batches(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    merge: bool = True,
 ) -> SampleResult:
     from tqdm import tqdm
 
@@ -68,7 +70,9 @@ def _run_batches(
     if write_cifs:
         cif_dir.mkdir(exist_ok=True)
     meta_path = out / "run.json"
-    if meta_path.exists() and not resume:
+    # Shards of one run start side by side: with world_size > 1 an existing run.json is accepted if it
+    # describes the same run (checked below); a different run in the folder still raises.
+    if meta_path.exists() and not resume and world_size == 1:
         raise ValueError(f"{out} holds a previous run; pass --resume to continue it or choose another --out")
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
@@ -96,23 +100,26 @@ def _run_batches(
         made += len(res["num_atoms"])
     seconds = time.perf_counter() - t0
 
-    if world_size == 1 or rank == 0:
-        _merge(out, num_batches, meta)
+    if merge:
+        _merge(out, num_batches, meta)  # writes only once every shard's parts exist
     total = sum(len(torch.load(parts_dir / f"part_{b:06d}.pt", weights_only=True)["num_atoms"])
                 for b in mine if (parts_dir / f"part_{b:06d}.pt").exists())
     return SampleResult(str(out), total, len(todo), len(mine) - len(todo), seconds,
                         made / seconds if seconds > 0 and made else math.nan, str(device))
 
 
-def _merge(out: Path, num_batches: int, meta: dict) -> None:
+def _merge(out: Path, num_batches: int, meta: dict) -> bool:
+    """Merge the parts into ``samples.pt`` / ``samples.extxyz``; False (nothing written) while parts are
+    missing."""
     paths = [out / "parts" / f"part_{b:06d}.pt" for b in range(num_batches)]
     if not all(p.exists() for p in paths):
-        return  # other shards still running; the last one to finish (or a --resume) merges
+        return False  # other shards still running; the last one to finish (or a --resume) merges
     parts = [torch.load(p, weights_only=True) for p in paths]
     merged = concat_samples(parts)
     merged["meta"] = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) or v is None}
     atomic_save(out / "samples.pt", merged)
     atomic_write_text(out / "samples.extxyz", extxyz_text(merged))
+    return True
 
 
 def sample(
@@ -129,6 +136,7 @@ def sample(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    merge: bool = True,
 ) -> SampleResult:
     """Generate ``n`` crystals from z ~ N(0, I).
 
@@ -143,6 +151,8 @@ def sample(
         device: ``auto``, ``cuda``, ``cuda:1`` or ``cpu``.
         resume: continue an interrupted run in ``out``.
         rank, world_size: shard the batches over processes/GPUs (batch b goes to rank b % world_size).
+            Shards may run at the same time in one ``out``; the one that finishes last merges.
+        merge: merge the parts when all exist (False: the caller merges, as ``sample_multi`` does).
     """
     from dpcdvae.models.build import load_model
 
@@ -163,7 +173,7 @@ def sample(
         return model.decode(z, sampler=sampler, steps=steps, generator=gen)
 
     return _run_batches(out, num_batches, run_batch, lambda b: b * bs, meta, dev, resume, write_cifs,
-                        rank, world_size, progress)
+                        rank, world_size, progress, merge)
 
 
 def reconstruct(
