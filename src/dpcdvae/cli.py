@@ -60,4 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # run the imported module's main so that CLIError raised by handlers is the class caught there
+    from dpcdvae.cli import main as _main
+
+    sys.exit(_main())

@@ -21,7 +21,10 @@ class TimeBudget(pl.Callback):
         self.start = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if time.monotonic() - self.start >= self.seconds:
+        stop = time.monotonic() - self.start >= self.seconds
+        if trainer.world_size > 1:  # every rank must stop at the same step (DDP collectives)
+            stop = trainer.strategy.broadcast(stop, src=0)
+        if stop:
             self.triggered = True
             trainer.should_stop = True
 

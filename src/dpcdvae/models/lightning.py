@@ -67,7 +67,8 @@ class DPCDVAEModule(pl.LightningModule):
             )
         bsz = batch.num_graphs
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bsz)
-        self.log_dict({f"train_{k}": out[k] for k in LOSS_KEYS}, on_step=False, on_epoch=True, batch_size=bsz)
+        self.log_dict({f"train_{k}": out[k] for k in LOSS_KEYS}, on_step=False, on_epoch=True, batch_size=bsz,
+                      sync_dist=True)
         return loss
 
     def validation_step(self, batch: CrystalBatch, batch_idx: int) -> None:
