@@ -145,6 +145,11 @@ def test_property_wdist_calls_the_predictor_contract(tmp_path, monkeypatch):
     res, gen_p, gt_p = property_wdist(ckpt, gen, np.array([0, 2]), gt)
     assert len(calls) == 2 and np.allclose(gen_p, [4.0, 5.0]) and np.allclose(gt_p, [4.0, 6.0])
     assert res["wdist_prop"] == pytest.approx(wasserstein(np.array([4.0, 5.0]), np.array([4.0, 6.0])))
+    # ground-truth predictions cached on disk: the second call predicts the generated crystals only
+    res1, _, _ = property_wdist(ckpt, gen, np.array([0, 2]), gt, gt_cache=tmp_path / "c")
+    res2, _, gt_p2 = property_wdist(ckpt, gen, np.array([0, 2]), gt, gt_cache=tmp_path / "c")
+    assert len(calls) == 5 and not res1["gt_predictions_cached"] and res2["gt_predictions_cached"]
+    assert np.allclose(gt_p2, [4.0, 6.0]) and res2["wdist_prop"] == res["wdist_prop"]
     res, _, _ = property_wdist(None, gen, np.array([0]), gt)
     assert res["wdist_prop"] is None and "prop-ckpt" in res["reason"]
     with pytest.raises(FileNotFoundError):

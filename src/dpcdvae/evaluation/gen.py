@@ -151,9 +151,13 @@ def _predict(prop_ckpt: Path, table: dict[str, np.ndarray], rows: np.ndarray, de
 
 
 def property_wdist(prop_ckpt: Path | None, gen: dict[str, np.ndarray], rows: np.ndarray, gt: dict[str, np.ndarray],
-                   device: str = "cpu") -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+                   device: str = "cpu", gt_cache: Path | None = None,
+                   ) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
     """W distance of predicted properties (CDVAE: the property model on BOTH the valid samples and
-    the ground truth). Returns ({"wdist_prop": float | None, "reason"?: str}, gen preds, gt preds)."""
+    the ground truth). ``gt_cache``: a folder where the ground truth's predictions are cached, keyed
+    by the ground-truth table and the checkpoint's sha256.
+    Returns ({"wdist_prop": float | None, "reason"?: str}, gen preds, gt preds)."""
+    from dpcdvae.evaluation.io import file_sha256
     from dpcdvae.evaluation.metrics import wasserstein
 
     if prop_ckpt is None:
@@ -168,8 +172,24 @@ def property_wdist(prop_ckpt: Path | None, gen: dict[str, np.ndarray], rows: np.
         return {"wdist_prop": None, "reason": "no valid crystals"}, None, None
     gen_p = _predict(prop_ckpt, gen, rows, device)
     gt_rows = np.flatnonzero(gt["constructed"])
-    gt_p = _predict(prop_ckpt, gt, gt_rows, device)
-    return {"wdist_prop": wasserstein(gen_p, gt_p), "prop_ckpt": str(prop_ckpt)}, gen_p, gt_p
+    cache_file = gt_p = None
+    if gt_cache is not None:
+        cache_file = Path(gt_cache) / f"prop-{file_sha256(Path(prop_ckpt))[:16]}.npy"
+        if cache_file.is_file():
+            gt_p = np.load(cache_file, allow_pickle=False)
+            if gt_p.shape != (gt_rows.size,):
+                gt_p = None
+    cached = gt_p is not None
+    if gt_p is None:
+        gt_p = _predict(prop_ckpt, gt, gt_rows, device)
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f".{cache_file.name}.tmp")
+            with open(tmp, "wb") as fh:
+                np.save(fh, gt_p, allow_pickle=False)
+            tmp.replace(cache_file)
+    return ({"wdist_prop": wasserstein(gen_p, gt_p), "prop_ckpt": str(prop_ckpt), "gt_predictions_cached": cached},
+            gen_p, gt_p)
 
 
 def _subset_items(items: list, max_samples: int | None, subset_seed: int) -> tuple[list, np.ndarray | None]:
@@ -245,7 +265,8 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
 
     t0 = time.perf_counter()
     metrics, wrows = gen_metrics(gen, gt, struct_cutoff, comp_cutoff, n_wdist, seed)
-    prop, gen_p, gt_p = property_wdist(prop_ckpt, gen, wrows, gt, prop_device)
+    gt_cache = Path(gt_info["cache"]).with_suffix("") if gt_info["cache"] else None  # folder per ground-truth table
+    prop, gen_p, gt_p = property_wdist(prop_ckpt, gen, wrows, gt, prop_device, gt_cache)
     metrics["wdist"].update(prop)
     timing["metrics_s"] = round(time.perf_counter() - t0, 3)
     timing["total_s"] = round(time.perf_counter() - t_start, 3)
