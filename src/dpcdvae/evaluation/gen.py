@@ -310,9 +310,9 @@ def _jsonable(obj: Any) -> Any:
         return _jsonable(obj.tolist())
     if isinstance(obj, (np.bool_,)):
         return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)  # Path, tensors in user meta, ...
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
