@@ -15,18 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from dpcdvae.data.cache import resolve_cache_dir  # noqa: F401  (one rule for every cache)
+
 EVAL_CACHE_VERSION = 1
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    """Cache root: ``cache_dir``, else ``$DPCDVAE_CACHE``, else ``~/.cache/dpcdvae``
-    (the rule of ``dpcdvae.data.cache.resolve_cache_dir``)."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("DPCDVAE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "dpcdvae"
 
 
 def table_key(file_sha256: str, rows: np.ndarray | None, settings: dict[str, Any]) -> str:
