@@ -33,3 +33,20 @@ def prepared_cache(shared_data, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     prepare_dataset("perov_5", shared_data, cache, workers=1, limit=200)
     return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_model(prepared_cache, tmp_path_factory):
+    """An untrained tiny DP-CDVAE saved as a self-contained model.pt (sampling tests)."""
+    from dpcdvae.config import load_config
+    from dpcdvae.data.cache import load_scalers
+    from dpcdvae.models.build import build_model, save_model
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg, load_scalers(prepared_cache, "perov_5"))
+    return save_model(tmp_path_factory.mktemp("m") / "model.pt", model, cfg)
+
+
+def load_samples(path):
+    return torch.load(path / "samples.pt", weights_only=True)

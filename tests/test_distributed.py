@@ -121,20 +121,7 @@ def test_ddp_training_two_cpu_processes(prepared_cache, tmp_path):
     assert one.global_step == 2 * 4 and ddp_steps == 2 * 2
 
 
-@pytest.fixture(scope="module")
-def tiny_model(prepared_cache, tmp_path_factory):
-    from dpcdvae.config import load_config
-    from dpcdvae.data.cache import load_scalers
-    from dpcdvae.models.build import build_model, save_model
-
-    cfg = load_config("tiny")
-    torch.manual_seed(0)
-    model = build_model(cfg, load_scalers(prepared_cache, "perov_5"))
-    return save_model(tmp_path_factory.mktemp("m") / "model.pt", model, cfg)
-
-
-def _load(path):
-    return torch.load(path / "samples.pt", weights_only=True)
+from conftest import load_samples as _load  # noqa: E402
 
 
 def test_sample_devices_equals_single_run(tiny_model, tmp_path):

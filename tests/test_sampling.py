@@ -6,23 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from dpcdvae.config import load_config
-from dpcdvae.models.build import build_model, save_model
 from dpcdvae.sampling.run import reconstruct, sample
 
 
-@pytest.fixture(scope="module")
-def tiny_model(prepared_cache, tmp_path_factory):
-    from dpcdvae.data.cache import load_scalers
-
-    cfg = load_config("tiny")
-    torch.manual_seed(0)
-    model = build_model(cfg, load_scalers(prepared_cache, "perov_5"))
-    return save_model(tmp_path_factory.mktemp("m") / "model.pt", model, cfg)
-
-
-def _load(path):
-    return torch.load(path / "samples.pt", weights_only=True)
+from conftest import load_samples as _load  # noqa: E402
 
 
 def test_sample_files_and_cif_roundtrip(tiny_model, tmp_path):
