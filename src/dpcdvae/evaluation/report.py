@@ -136,10 +136,14 @@ def write_gen_report(folder: Path, result: dict[str, Any], gen: dict[str, np.nda
         "",
         "## Plots (all valid generated crystals vs the ground truth)",
         "",
-        *[f"![{name}]({name})" for name in images],
-        "",
-        f"Timing: {result['timing']}",
     ]
+    return _write_report(folder, lines, images, result)
+
+
+
+def _write_report(folder: Path, lines: list[str], images: list[str], result: dict[str, Any]) -> Path:
+    """Append the plots and timing, insert the warnings after the header, write report.md."""
+    lines = [*lines, *[f"![{name}]({name})" for name in images], "", f"Timing: {result['timing']}"]
     for warn in result.get("warnings", []):
         lines.insert(5, f"- WARNING: {warn}")
     path = folder / "report.md"
@@ -183,12 +187,5 @@ def write_recon_report(folder: Path, result: dict[str, Any], table: dict[str, np
         f"StructureMatcher stol={result['settings']['stol']}, angle_tol={result['settings']['angle_tol']}, "
         f"ltol={result['settings']['ltol']}; fingerprint validity check: {result['settings']['fingerprint_validity']}.",
         "",
-        *[f"![{name}]({name})" for name in images],
-        "",
-        f"Timing: {result['timing']}",
     ]
-    for warn in result.get("warnings", []):
-        lines.insert(5, f"- WARNING: {warn}")
-    path = folder / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return _write_report(folder, lines, images, result)
