@@ -1,4 +1,5 @@
-"""``dpcdvae evaluate recon|gen``: thin argparse wrappers around ``evaluate_recon`` / ``evaluate_gen``."""
+"""``dpcdvae evaluate recon|gen|ground-state``: thin argparse wrappers around ``evaluate_recon`` /
+``evaluate_gen`` / ``evaluate_ground_state``."""
 
 from __future__ import annotations
 
@@ -63,6 +64,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--comp-cutoff", type=float, default=None, help="override the COV composition cutoff")
     g.set_defaults(func=_gen)
 
+    gs = sub.add_parser(
+        "ground-state", help="relax crystals with CHGNet at a pressure; match rate, ΔV, ΔE, ΔH to the relaxed",
+        description="Relax every crystal of SAMPLES (positions and cell, CHGNet + ase FrechetCellFilter at "
+        "--pressure-gpa) and score it against its own relaxed structure: StructureMatcher match rate and mean "
+        "RMS, RMS of ΔV (Å^3/atom), ΔE and ΔH = Δ(E + PV) (meV/atom) over converged structures. Writes "
+        "OUT/results.jsonl (one line per finished structure; --resume continues), OUT/relaxed/NNNNNN.cif, "
+        "OUT/ground_state.json and OUT/delta_e_hist.png.")
+    gs.add_argument("--samples", required=True, help="crystals (sample folder, CIF folder, .extxyz)")
+    gs.add_argument("--pressure-gpa", type=float, required=True, help="pressure in GPa (e.g. 10)")
+    gs.add_argument("--n", type=int, default=100,
+                    help="relax a random subset of N (seed --seed; default 100; N >= the input count: all)")
+    gs.add_argument("--out", required=True, help="output folder (must be absent or empty unless --resume)")
+    gs.add_argument("--workers", type=int, default=None, help="processes (default: all cores on CPU, 1 on CUDA)")
+    gs.add_argument("--fmax", type=float, default=0.05, help="force threshold in eV/Å (default 0.05)")
+    gs.add_argument("--max-steps", type=int, default=500, help="optimiser steps per structure (default 500)")
+    gs.add_argument("--timeout-s", type=float, default=300.0, help="wall seconds per structure (default 300)")
+    gs.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="CHGNet device (default cpu)")
+    gs.add_argument("--optimizer", default="fire", choices=("fire", "bfgs"), help="ase optimiser (default fire)")
+    gs.add_argument("--seed", type=int, default=0, help="seed of the --n subset (default 0)")
+    gs.add_argument("--resume", action="store_true", help="continue OUT, skipping structures already done")
+    gs.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gs.set_defaults(func=_ground_state)
+
 
 def _report_dir(args: argparse.Namespace) -> Path | None:
     if args.no_report:
@@ -120,4 +144,23 @@ def _gen(args: argparse.Namespace) -> int:
           f"W(#elem) {f(w['wdist_num_elems'])}  W(E) {f(w['wdist_prop'])}  -> {args.out}")
     for warn in res.get("warnings", []):
         print(f"warning: {warn}", file=sys.stderr)
+    return 0
+
+
+def _ground_state(args: argparse.Namespace) -> int:
+    from dpcdvae.evaluation.ground_state import evaluate_ground_state
+
+    res = evaluate_ground_state(Path(args.samples), Path(args.out), args.pressure_gpa, args.n, workers=args.workers,
+                                fmax=args.fmax, max_steps=args.max_steps, timeout_s=args.timeout_s,
+                                device=args.device, optimizer=args.optimizer, seed=args.seed, resume=args.resume,
+                                progress=not args.no_progress)
+
+    def f(x, d=4):
+        return "null" if x is None else f"{x:.{d}f}"
+
+    failed = ", ".join(f"{k} {v}" for k, v in sorted(res["failed"].items())) or "none"
+    print(f"converged {res['n_converged']}/{res['n_done']} (failed: {failed})  match_rate {f(res['match_rate'])}  "
+          f"rms_dist {f(res['mean_rms_dist'])}  dV_rms {f(res['delta_v_rms_a3_per_atom'], 3)} A^3/atom  "
+          f"dE_rms {f(res['delta_e_rms_mev_per_atom'], 1)}  dH_rms {f(res['delta_h_rms_mev_per_atom'], 1)} meV/atom  "
+          f"-> {Path(args.out) / 'ground_state.json'}")
     return 0
