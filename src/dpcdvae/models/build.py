@@ -52,10 +52,12 @@ def build_model(cfg: dict, scalers: Scalers | None = None) -> DPCDVAE:
     )
 
 
-def save_model(path: Path | str, model: DPCDVAE, cfg: dict) -> Path:
+def save_model(path: Path | str, model: DPCDVAE, cfg: dict, state_dict: dict | None = None) -> Path:
+    """Write a self-contained model file (``state_dict`` defaults to the model's own)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": FORMAT, "config": cfg, "state_dict": model.state_dict()}, tmp)
+    state = model.state_dict() if state_dict is None else state_dict
+    torch.save({"format": FORMAT, "config": cfg, "state_dict": state}, tmp)
     tmp.replace(path)
     return path
 

@@ -203,6 +203,7 @@ class DPCDVAE(nn.Module):
         num_atoms: Tensor | None = None,
         atom_types: Tensor | None = None,
         callback: Callable[..., None] | None = None,
+        return_initial_types: bool = False,
     ) -> dict[str, Tensor]:
         """Decode latents into crystals with the reverse diffusion process.
 
@@ -214,6 +215,8 @@ class DPCDVAE(nn.Module):
             num_atoms: [B] force the atom counts (default: argmax of the N_a head, at least 1).
             atom_types: [N] force the atom types (default: initialised from A_z, then argmax of the
                 denoiser's type logits after every step).
+            callback: ``callback(step_index, t, x [N, 3], types [N])`` after every reverse step.
+            return_initial_types: also return ``initial_types`` [N], the types drawn from A_z.
 
         Returns:
             dict with frac_coords [N,3] in [0,1), atom_types [N] (Z), num_atoms [B], lengths [B,3] Å,
@@ -230,6 +233,7 @@ class DPCDVAE(nn.Module):
             probs = F.softmax(self.composition_logits(z, batch), -1)
             atom_types = sample_composition_types(probs, batch, num_atoms, generator=generator)
         state = {"types": atom_types}
+        initial_types = atom_types
         total_steps = self.schedule.num_steps
 
         def eps_fn(x_t: Tensor, t: Tensor, step_index: int) -> tuple[Tensor, Tensor]:
@@ -243,10 +247,13 @@ class DPCDVAE(nn.Module):
             x_T = torch.randn(x_T.shape, device=z.device, generator=generator)
         x0 = ddpm.reverse_sample(eps_fn, x_T, batch, num_atoms, self.schedule, sampler=sampler, steps=steps,
                                  generator=generator, callback=callback, recenter=self.recenter)
-        return {
+        out = {
             "frac_coords": x0,
             "atom_types": state["types"],
             "num_atoms": num_atoms,
             "lengths": lengths,
             "angles": angles,
         }
+        if return_initial_types:
+            out["initial_types"] = initial_types
+        return out

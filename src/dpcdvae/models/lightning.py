@@ -1,5 +1,5 @@
 """Thin PyTorch Lightning shell around :class:`~dpcdvae.models.dpcdvae.DPCDVAE`: steps, optimiser,
-LR schedule and logging. All math lives in the plain module."""
+LR schedule (:mod:`dpcdvae.models.schedule`) and logging. All math lives in the plain module."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import torch
 
 from dpcdvae.data.batch import CrystalBatch
 from dpcdvae.models.dpcdvae import LOSS_KEYS, DPCDVAE
+from dpcdvae.models.callbacks import TimeBudget
+from dpcdvae.models.schedule import cosine_lr, warmup_factor
 
 __all__ = ["DPCDVAEModule", "NonFiniteLossError"]
 
@@ -24,29 +26,58 @@ class DPCDVAEModule(pl.LightningModule):
     Args:
         model: the DP-CDVAE module.
         config: the full run config (saved in every checkpoint as ``hyper_parameters['config']``).
+        budget: the run's :class:`~dpcdvae.models.callbacks.TimeBudget` (its clock gives the progress of
+            a time-budgeted run; None: progress counts optimizer steps of ``max_epochs``).
     """
 
-    def __init__(self, model: DPCDVAE, config: dict) -> None:
+    def __init__(self, model: DPCDVAE, config: dict, budget: TimeBudget | None = None) -> None:
         super().__init__()
         self.model = model
         self.config = config
         self.save_hyperparameters({"config": config})
         self.tcfg = config["train"]
+        self.budget = budget  # the run's TimeBudget callback (also in the trainer's callbacks)
+        self._progress_now: float | None = None
 
-    def _flags(self) -> tuple[bool, float]:
+    def progress(self) -> float:
+        """Progress p in [0, 1] of the run: of its time budget (``train.max_minutes``, counted over
+        ``--resume``) when it has one, else of its optimizer steps (``train.max_epochs``)."""
+        if self.budget is not None and self.budget.clock.budget_s is not None:
+            return float(self.budget.clock.fraction(self.budget.now_s))
+        try:
+            total = float(self.trainer.estimated_stepping_batches)
+        except Exception:  # noqa: BLE001 - no trainer attached (direct use of the module)
+            return 0.0
+        return min(1.0, self.global_step / total) if math.isfinite(total) and total > 0 else 0.0
+
+    def _flags(self, progress: float) -> tuple[bool, float]:
+        """(teacher forcing?, coordinate-loss multiplier) at this point of the schedule (module doc of
+        :mod:`dpcdvae.models.schedule`)."""
+        tc = self.tcfg
         epoch = self.current_epoch
-        teacher = epoch < int(self.tcfg["teacher_forcing_max_epoch"])
-        mult = float(self.config["model"]["loss"]["mul_cost_coord"]) if epoch >= int(self.tcfg["mul_cost_coord_epoch"]) else 1.0
+        tf_frac = tc.get("teacher_forcing_fraction")
+        teacher = progress < float(tf_frac) if tf_frac is not None else epoch < int(tc["teacher_forcing_max_epoch"])
+        mc_frac = tc.get("mul_cost_coord_fraction")
+        on = progress >= float(mc_frac) if mc_frac is not None else epoch >= int(tc["mul_cost_coord_epoch"])
+        mult = float(self.config["model"]["loss"]["mul_cost_coord"]) if on else 1.0
         return teacher, mult
 
     def on_train_batch_start(self, batch: CrystalBatch, batch_idx: int) -> None:
-        """Linear LR warm-up over ``train.warmup_steps`` (not in the reference: it removes the loss
-        spikes that Adam's first, sign-like updates cause in the 548-wide denoiser)."""
-        warmup = int(self.tcfg.get("warmup_steps", 0) or 0)
-        if warmup and self.global_step < warmup:
-            scale = (self.global_step + 1) / warmup
-            for group in self.optimizers().optimizer.param_groups:
-                group["lr"] = float(self.tcfg["lr"]) * scale
+        """Set this step's learning rate: linear warm-up over ``train.warmup_steps`` optimizer steps
+        (not in the reference: it removes the loss spikes that Adam's first, sign-like updates cause in
+        the 548-wide denoiser), then cosine annealing over the budget (``lr_schedule: cosine``) or the
+        plateau scheduler's value (``plateau``)."""
+        tc = self.tcfg
+        p = self.progress()
+        self._progress_now = p
+        w = warmup_factor(self.global_step, int(tc.get("warmup_steps", 0) or 0))
+        sched = tc.get("lr_schedule", "plateau")
+        if sched == "plateau" and w >= 1.0:
+            return  # ReduceLROnPlateau owns the LR after warm-up
+        peak = float(tc["lr"])
+        lr = cosine_lr(p, peak, float(tc["min_lr"])) if sched == "cosine" else peak
+        for group in self.optimizers().optimizer.param_groups:
+            group["lr"] = lr * w
 
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -55,7 +86,7 @@ class DPCDVAEModule(pl.LightningModule):
             loader.epoch = self.current_epoch
 
     def training_step(self, batch: CrystalBatch, batch_idx: int) -> torch.Tensor:
-        teacher, mult = self._flags()
+        teacher, mult = self._flags(self._progress_now if self._progress_now is not None else self.progress())
         out = self.model(batch, teacher_forcing=teacher, coord_multiplier=mult)
         loss = out["loss"]
         if not bool(torch.isfinite(loss)):
@@ -77,11 +108,27 @@ class DPCDVAEModule(pl.LightningModule):
         self.log("val_loss", out["val_criterion"], on_epoch=True, prog_bar=True, batch_size=bsz, sync_dist=True)
         self.log_dict({f"val_{k}": out[k] for k in LOSS_KEYS}, on_epoch=True, batch_size=bsz, sync_dist=True)
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Clip every gradient element to +-``train.grad_clip_value`` (the reference's clipping by
+        value). Done here rather than by the Trainer, whose clipping refuses fused optimizers."""
+        clip = float(self.tcfg.get("grad_clip_value") or 0.0)
+        if clip > 0:
+            torch.nn.utils.clip_grad_value_(self.model.parameters(), clip)
+
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.model.parameters(), lr=float(self.tcfg["lr"]), betas=(0.9, 0.999), eps=1e-8)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="min", factor=float(self.tcfg["lr_factor"]), patience=int(self.tcfg["lr_patience"]),
-            min_lr=float(self.tcfg["min_lr"]),
+        tc = self.tcfg
+        kwargs = {}
+        if tc.get("fused_adam") and torch.cuda.is_available():
+            kwargs["fused"] = True
+        opt = torch.optim.Adam(self.model.parameters(), lr=float(tc["lr"]), betas=(0.9, 0.999), eps=1e-8, **kwargs)
+        sched = tc.get("lr_schedule", "plateau")
+        if sched == "cosine":
+            return opt  # the LR is set every step in on_train_batch_start
+        if sched != "plateau":
+            raise ValueError(f"train.lr_schedule must be 'cosine' or 'plateau', got {sched!r}")
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=float(tc["lr_factor"]), patience=int(tc["lr_patience"]),
+            min_lr=float(tc["min_lr"]),
         )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss", "interval": "epoch",
-                                                   "frequency": int(self.tcfg["check_val_every_n_epoch"])}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss", "interval": "epoch",
+                                                   "frequency": int(tc["check_val_every_n_epoch"])}}

@@ -30,10 +30,62 @@ class TrainResult:
     model_path: str
     num_parameters: int
     world_size: int = 1
+    budget_minutes: float | None = None       # the run's whole budget (train.max_minutes)
+    trained_minutes_total: float | None = None  # over every invocation of the run (--resume)
+    budget_done: bool = True                   # False: stopped by train.segment_minutes; --resume continues
+    ema_model_paths: list | None = None        # model_ema.pt (all weights averaged), model_ema_denoiser.pt
+    device_name: str | None = None
 
 
 def _last_ckpt(out: Path) -> Path:
     return out / "checkpoints" / "last.ckpt"
+
+
+WEIGHTS = ("raw", "ema", "ema_denoiser")
+
+
+def _save_weights(out: Path, model, cfg: dict, ema) -> list[str] | None:
+    """Write ``model.pt`` (the weights named by ``train.model_weights``) and, when a weight average
+    was kept, all three forms: ``model_raw.pt`` (the trained weights), ``model_ema.pt`` (every
+    parameter averaged) and ``model_ema_denoiser.pt`` (averaged denoiser, trained encoder and heads)."""
+    from dpcdvae.models.build import save_model
+    from dpcdvae.models.schedule import ema_state_dict
+
+    choice = str(cfg["train"].get("model_weights") or "raw")
+    if choice not in WEIGHTS:
+        raise ValueError(f"train.model_weights must be one of {', '.join(WEIGHTS)}, got {choice!r}")
+    if ema is None or not ema.shadow:
+        save_model(out / "model.pt", model, cfg)
+        return None
+    states = {"raw": None, "ema": ema_state_dict(model, ema, ""), "ema_denoiser": ema_state_dict(model, ema, "denoiser.")}
+    paths = []
+    for name, state in states.items():
+        paths.append(str(save_model(out / f"model_{name}.pt", model, cfg, state_dict=state)))
+    save_model(out / "model.pt", model, cfg, state_dict=states[choice])
+    return paths
+
+
+def check_train_config(tcfg: dict) -> None:
+    """Reject bad values of the schedule keys before any work starts (one line each)."""
+    if tcfg.get("lr_schedule", "plateau") not in ("cosine", "plateau"):
+        raise ValueError(f"train.lr_schedule must be 'cosine' or 'plateau', got {tcfg.get('lr_schedule')!r}")
+    if str(tcfg.get("model_weights") or "raw") not in WEIGHTS:
+        raise ValueError(f"train.model_weights must be one of {', '.join(WEIGHTS)}, got {tcfg.get('model_weights')!r}")
+    for key in ("teacher_forcing_fraction", "mul_cost_coord_fraction", "ema_start"):
+        v = tcfg.get(key)
+        if v is not None and not (isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0):
+            raise ValueError(f"train.{key} must be null or a number in [0, 1], got {v!r}")
+    d = tcfg.get("ema_decay") or 0.0
+    if not (isinstance(d, (int, float)) and 0.0 <= float(d) < 1.0):
+        raise ValueError(f"train.ema_decay must be a number in [0, 1) (0 = no average), got {d!r}")
+    for key in ("max_minutes", "segment_minutes"):
+        v = tcfg.get(key)
+        if v is not None and not (isinstance(v, (int, float)) and float(v) > 0):
+            raise ValueError(f"train.{key} must be null or a positive number of minutes, got {v!r}")
+    if not (isinstance(tcfg.get("min_lr"), (int, float)) and isinstance(tcfg.get("lr"), (int, float))
+            and 0 <= float(tcfg["min_lr"]) <= float(tcfg["lr"])):
+        raise ValueError(f"train.lr and train.min_lr must be numbers with 0 <= min_lr <= lr, got "
+                         f"{tcfg.get('lr')!r} and {tcfg.get('min_lr')!r}")
 
 
 def train(
@@ -58,7 +110,10 @@ def train(
         encoder: ``dime``, ``dime+na``, ``dime+gine`` or ``dime+na+gine`` (overrides the preset).
         overrides: dotted ``key=value`` overrides (``model.latent_dim=128``).
         resume: continue from ``out/checkpoints/last.ckpt`` (its config is used; ``overrides`` still
-            apply, e.g. a new ``train.max_minutes``).
+            apply). The time budget ``train.max_minutes`` counts over all invocations of the run, and
+            the schedule continues where it stopped; ``--set train.segment_minutes=M`` stops one
+            invocation after M minutes, ``--set train.max_minutes=B`` with a larger B extends the budget
+            (the cosine schedule then stretches to the new end).
         cache_dir: tensor cache (``dpcdvae data prepare``); default ``DPCDVAE_CACHE`` or ~/.cache/dpcdvae.
         devices, strategy, accelerator: passed to Lightning (``--devices 2 --strategy ddp``; docs/MULTIGPU.md).
             Under DDP every rank runs this function (Lightning relaunches the command line); only global
@@ -71,8 +126,8 @@ def train(
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
-    from dpcdvae.models.build import build_model, save_model
-    from dpcdvae.models.callbacks import Throughput, TimeBudget
+    from dpcdvae.models.build import build_model
+    from dpcdvae.models.callbacks import EMACallback, Throughput, TimeBudget
     from dpcdvae.models.datamodule import CrystalDataModule
     from dpcdvae.models.lightning import DPCDVAEModule
 
@@ -88,6 +143,7 @@ def train(
         if _last_ckpt(out).exists():
             raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         cfg = load_config(config, overrides, encoder=encoder)
+    check_train_config(cfg["train"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
@@ -107,22 +163,22 @@ def train(
         from dpcdvae.models.compile import compile_model
 
         compile_model(model)
-    module = DPCDVAEModule(model, cfg)
-    budget = TimeBudget(tcfg["max_minutes"]) if tcfg.get("max_minutes") else None
+    budget = TimeBudget(tcfg.get("max_minutes"), tcfg.get("segment_minutes"))
+    module = DPCDVAEModule(model, cfg, budget)
     throughput = Throughput()
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min",
                            save_top_k=1, save_last=True)
-    callbacks = [best, throughput, LearningRateMonitor(logging_interval="epoch")]
-    if budget is not None:
-        callbacks.append(budget)
+    callbacks = [best, throughput, LearningRateMonitor(logging_interval="epoch"), budget]
+    ema = None
+    if float(tcfg.get("ema_decay") or 0.0) > 0.0:
+        ema = EMACallback(float(tcfg["ema_decay"]), float(tcfg.get("ema_start") or 0.0))
+        callbacks.append(ema)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,
         strategy=strategy,
         precision=tcfg["precision"] if torch.cuda.is_available() else "32-true",
         max_epochs=int(tcfg["max_epochs"]),
-        gradient_clip_val=float(tcfg["grad_clip_value"]),
-        gradient_clip_algorithm="value",
         check_val_every_n_epoch=int(tcfg["check_val_every_n_epoch"]),
         log_every_n_steps=int(tcfg["log_every_n_steps"]),
         logger=CSVLogger(str(out), name="logs"),  # a new version_k per call: resumed runs keep old logs
@@ -140,15 +196,16 @@ def train(
     # must run on every rank (Lightning writes on rank 0 and ends with a barrier).
     trainer.save_checkpoint(_last_ckpt(out))
     model_path = out / "model.pt"
+    ema_paths: list[str] | None = None
     if trainer.is_global_zero:
-        save_model(model_path, model, cfg)
-
+        ema_paths = _save_weights(out, model, cfg, ema.ema if ema is not None else None)
     def _metric(name: str) -> float | None:
         v = trainer.callback_metrics.get(name)
         return float(v) if v is not None else None
 
-    if budget is not None and budget.triggered:
-        stopped = "time budget"
+    budget_done = budget.clock.budget_s is None or budget.clock.elapsed_s() >= budget.clock.budget_s - 1e-6
+    if budget.triggered:
+        stopped = "time budget" if budget_done else "segment"
     elif trainer.current_epoch >= int(tcfg["max_epochs"]):
         stopped = "max_epochs"
     else:
@@ -164,6 +221,10 @@ def train(
         best_val_loss=float(best.best_model_score) if best.best_model_score is not None else None,
         model_path=str(model_path), num_parameters=sum(p.numel() for p in model.parameters()),
         world_size=int(trainer.world_size),
+        budget_minutes=float(tcfg["max_minutes"]) if tcfg.get("max_minutes") else None,
+        trained_minutes_total=budget.clock.elapsed_s() / 60.0, budget_done=stopped != "segment",
+        ema_model_paths=ema_paths,
+        device_name=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     )
     if trainer.is_global_zero:
         (out / "train_summary.json").write_text(json.dumps(asdict(result), indent=2) + "\n")

@@ -18,6 +18,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--no-cif", action="store_true", help="skip the per-crystal CIF files")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="network precision (auto: bf16 autocast on CUDA for bf16-trained models, else fp32)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,14 +52,16 @@ def _sample(args: argparse.Namespace) -> int:
         try:
             res = sample_multi(args.ckpt, args.n, args.out, args.devices, device=args.device,
                                batch_size=args.batch_size, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                               resume=args.resume, write_cifs=not args.no_cif, progress=not args.no_progress)
+                               resume=args.resume, write_cifs=not args.no_cif, progress=not args.no_progress,
+                               precision=args.precision)
         except ShardFailedError as err:  # one line, as for bad input
             raise ValueError(str(err)) from None
         print(result_json(res))
         return 0
     res = sample(args.ckpt, args.n, args.out, batch_size=args.batch_size, steps=args.steps, sampler=args.sampler,
                  seed=args.seed, device=args.device, resume=args.resume, write_cifs=not args.no_cif,
-                 rank=args.rank, world_size=args.world_size, progress=not args.no_progress)
+                 rank=args.rank, world_size=args.world_size, progress=not args.no_progress,
+                 precision=args.precision)
     print(result_json(res))
     return 0
 
@@ -68,6 +72,6 @@ def _reconstruct(args: argparse.Namespace) -> int:
     res = reconstruct(args.ckpt, args.out, split=args.split, cache_dir=args.cache_dir, batch_size=args.batch_size,
                       steps=args.steps, sampler=args.sampler, seed=args.seed, device=args.device,
                       resume=args.resume, limit=args.limit, write_cifs=not args.no_cif,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, precision=args.precision)
     print(result_json(res))
     return 0

@@ -76,6 +76,7 @@ def sample_multi(
     resume: bool = False,
     write_cifs: bool = True,
     progress: bool = True,
+    precision: str = "auto",
 ) -> SampleResult:
     """Generate ``n`` crystals with ``devices`` worker processes (arguments as in ``sample``).
 
@@ -102,7 +103,7 @@ def sample_multi(
         raise ValueError(f"{out} holds a previous run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     kwargs = dict(ckpt=ckpt, n=n, out=out, batch_size=batch_size, steps=steps, sampler=sampler, seed=seed,
-                  resume=resume, write_cifs=write_cifs, progress=progress)
+                  resume=resume, write_cifs=write_cifs, progress=progress, precision=precision)
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     queue = ctx.SimpleQueue()

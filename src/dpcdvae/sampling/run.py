@@ -43,6 +43,33 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def inference_precision(device: torch.device, precision: str, cfg: dict) -> str:
+    """The network precision of sampling: ``auto`` = bf16 autocast on CUDA when the model was trained
+    with bf16 autocast (``train.precision: bf16-mixed``, the presets), else fp32. Geometry, the
+    Fourier features and the reverse-step arithmetic stay fp32 either way (autocast only changes
+    matmuls), and eps is returned in fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        trained_bf16 = str(cfg.get("train", {}).get("precision", "")).startswith("bf16")
+        return "bf16" if device.type == "cuda" and trained_bf16 else "fp32"
+    if precision == "bf16" and device.type != "cuda":
+        raise ValueError("--precision bf16 needs a CUDA device (use fp32 on the CPU)")
+    return precision
+
+
+def inference_context(device: torch.device, precision: str):
+    """Autocast context for ``precision`` (from :func:`inference_precision`); enables TF32 matmuls on
+    CUDA for the fp32 parts."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def batch_seed(seed: int, batch_index: int) -> int:
     """Seed of batch ``batch_index`` of a run with ``seed`` (independent of sharding and resumption)."""
     return (int(seed) * 1_000_003 + int(batch_index)) % (2**63 - 1)
@@ -137,6 +164,7 @@ def sample(
     world_size: int = 1,
     progress: bool = True,
     merge: bool = True,
+    precision: str = "auto",
 ) -> SampleResult:
     """Generate ``n`` crystals from z ~ N(0, I).
 
@@ -153,6 +181,8 @@ def sample(
         rank, world_size: shard the batches over processes/GPUs (batch b goes to rank b % world_size).
             Shards may run at the same time in one ``out``; the one that finishes last merges.
         merge: merge the parts when all exist (False: the caller merges, as ``sample_multi`` does).
+        precision: network precision, see :func:`inference_precision` (``auto``: bf16 on CUDA for the
+            presets, fp32 on the CPU).
     """
     from dpcdvae.models.build import load_model
 
@@ -160,17 +190,19 @@ def sample(
         raise ValueError(f"-n must be >= 1, got {n}")
     dev = resolve_device(device)
     model, cfg = load_model(ckpt, dev)
+    prec = inference_precision(dev, precision, cfg)
     bs = int(batch_size or cfg.get("sample", {}).get("batch_size", 1024))
     num_batches = -(-n // bs)
     out = Path(out)
     meta = {"task": "generate", "ckpt": str(Path(ckpt).resolve()), "n": n, "batch_size": bs, "seed": seed,
             "steps": steps, "sampler": sampler, "split": None, "dataset": cfg["data"]["dataset"],
-            "train_split": cfg["data"]["train_split"]}
+            "train_split": cfg["data"]["train_split"], "precision": prec}
 
     def run_batch(b: int, gen: torch.Generator) -> dict:
         size = min(bs, n - b * bs)
         z = torch.randn(size, model.latent_dim, device=dev, generator=gen)
-        return model.decode(z, sampler=sampler, steps=steps, generator=gen)
+        with inference_context(dev, prec):
+            return model.decode(z, sampler=sampler, steps=steps, generator=gen)
 
     return _run_batches(out, num_batches, run_batch, lambda b: b * bs, meta, dev, resume, write_cifs,
                         rank, world_size, progress, merge)
@@ -190,6 +222,7 @@ def reconstruct(
     limit: int | None = None,
     write_cifs: bool = True,
     progress: bool = True,
+    precision: str = "auto",
 ) -> SampleResult:
     """Encode each crystal of ``split`` and decode it; ``samples.pt['index']`` pairs every output with
     the 0-based CSV row of its ground truth."""
@@ -198,6 +231,7 @@ def reconstruct(
 
     dev = resolve_device(device)
     model, cfg = load_model(ckpt, dev)
+    prec = inference_precision(dev, precision, cfg)
     data = load_split(cache_dir, cfg["data"]["dataset"], split)
     n = len(data) if limit is None else min(limit, len(data))
     data = data.to(dev)
@@ -205,14 +239,15 @@ def reconstruct(
     num_batches = -(-n // bs)
     meta = {"task": "reconstruct", "ckpt": str(Path(ckpt).resolve()), "n": n, "batch_size": bs, "seed": seed,
             "steps": steps, "sampler": sampler, "split": split, "dataset": cfg["data"]["dataset"],
-            "train_split": cfg["data"]["train_split"]}
+            "train_split": cfg["data"]["train_split"], "precision": prec}
 
     def run_batch(b: int, gen: torch.Generator) -> dict:
         idx = torch.arange(b * bs, min(n, (b + 1) * bs), device=dev)
         batch = data.batch(idx)
-        mu, logvar = model.encode_stats(batch)
-        z = mu + torch.randn(mu.shape, device=dev, generator=gen) * torch.exp(0.5 * logvar)
-        res = model.decode(z, sampler=sampler, steps=steps, generator=gen)
+        with inference_context(dev, prec):
+            mu, logvar = model.encode_stats(batch)
+            z = mu + torch.randn(mu.shape, device=dev, generator=gen) * torch.exp(0.5 * logvar)
+            res = model.decode(z, sampler=sampler, steps=steps, generator=gen)
         res["index"] = batch.index
         return res
 
