@@ -181,14 +181,15 @@ def cmd_score(args: argparse.Namespace) -> int:
                          "budget_minutes": s.get("budget_minutes"), "trained_minutes": s.get("trained_minutes_total"),
                          "epochs": s.get("epochs"), "steps": s.get("global_step"),
                          "crystals_per_s": s.get("crystals_per_s"), "device": s.get("device_name"),
-                         "match_rate": _get(m, "match_rate"), "rms": _get(m, "rms_dist"), "n": _get(m, "n_total")})
+                         "match_rate": _get(m, "match_rate"), "rms": _get(m, "rms_dist"), "n_pred": _get(m, "n_pred"),
+                         "match_rate_over_predicted": _get(m, "match_rate_over_predicted")})
     (out / "curve.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print("| run | weights | budget min | epochs | steps | crystals/s | match % | RMS |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| run | weights | budget min | epochs | steps | crystals/s | n reconstructed | match % | RMS |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        mr = r["match_rate"]
+        mr = r["match_rate_over_predicted"]
         print(f"| {r['run']} | {r['weights']} | {r['budget_minutes']} | {r['epochs']} | {r['steps']} | "
-              f"{(r['crystals_per_s'] or 0):,.0f} | {100 * mr if mr is not None else float('nan'):.2f} | "
+              f"{(r['crystals_per_s'] or 0):,.0f} | {r['n_pred']} | {100 * mr if mr is not None else float('nan'):.2f} | "
               f"{r['rms'] if r['rms'] is not None else float('nan'):.4f} |")
     return 0
 

@@ -120,6 +120,9 @@ class WeightEMA:
             self.num_updates = 1
             return
         d = self.current_decay()
+        first = next(iter(params.values()))
+        if next(iter(self.shadow.values())).device != first.device:  # restored from a CPU checkpoint
+            self.shadow = {k: v.to(first.device) for k, v in self.shadow.items()}
         keys = list(self.shadow)
         shadow = [self.shadow[k] for k in keys]
         live = [params[k].detach().float() for k in keys]
