@@ -10,7 +10,6 @@ crystals (fixed, reported seed) and all ground-truth crystals.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from dpcdvae.evaluation.io import CrystalInput
 from dpcdvae.evaluation.worker import EvalOptions, LazyPool
+from dpcdvae.jsonio import write_json as write_strict_json
 
 
 def library_versions() -> dict[str, str]:
@@ -297,25 +297,6 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     return result
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    return str(obj)  # Path, tensors in user meta, ...
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write strict JSON (NaN/inf -> null)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+    """Write strict JSON (NaN/inf -> null; paths and other objects as strings)."""
+    write_strict_json(Path(path), data, default=str)

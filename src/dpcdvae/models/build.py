@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from dpcdvae.data.scalers import Scalers
+from dpcdvae.jsonio import dumps_strict
 from dpcdvae.models.dpcdvae import DPCDVAE
 
 __all__ = ["build_model", "save_model", "load_model", "load_model_file", "export_model", "FORMAT"]
@@ -121,5 +122,5 @@ def export_model(ckpt: Path | str, out: Path | str, max_mb: float | None = None,
         name = f"shard_{i:03d}.pt"
         torch.save(shard, out / name)
         names.append(name)
-    (out / "index.json").write_text(json.dumps({"format": FORMAT, "config": cfg, "shards": names}, indent=1) + "\n")
+    (out / "index.json").write_text(dumps_strict({"format": FORMAT, "config": cfg, "shards": names}, indent=1) + "\n")
     return [out / n for n in names] + [out / "index.json"]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
+
+from dpcdvae.jsonio import dumps_strict
 
 ENCODERS = ("dime", "dime+na", "dime+gine", "dime+na+gine")
 
@@ -57,7 +58,7 @@ def _train(args: argparse.Namespace) -> int:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) == 0:  # under DDP every rank returns here; print once
-        print(json.dumps(asdict(res), indent=2))
+        print(dumps_strict(asdict(res)))
     return 0
 
 
@@ -72,7 +73,7 @@ def _train_property(args: argparse.Namespace) -> int:
                          max_minutes=args.max_minutes, max_epochs=args.max_epochs, batch_size=args.batch_size,
                          lr=args.lr, limit=args.limit, encoder_cfg=TINY_ENCODER if args.tiny else None,
                          progress=not args.no_progress)
-    print(json.dumps(res, indent=2))
+    print(dumps_strict(res))
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 
 from dpcdvae.config import apply_overrides, load_config
+from dpcdvae.jsonio import dumps_strict
 
 __all__ = ["train", "TrainResult"]
 
@@ -145,7 +145,7 @@ def train(
         cfg = load_config(config, overrides, encoder=encoder)
     check_train_config(cfg["train"])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (out / "config.json").write_text(dumps_strict(cfg) + "\n")
 
     if devices != 1 or "ddp" in str(strategy):
         # NVLink multicast (NVLS) can take shared GPUs out of service; keep it off unless the user chose.
@@ -227,5 +227,5 @@ def train(
         device_name=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     )
     if trainer.is_global_zero:
-        (out / "train_summary.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+        (out / "train_summary.json").write_text(dumps_strict(asdict(result)) + "\n")
     return result

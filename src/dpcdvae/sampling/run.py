@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from dpcdvae.jsonio import dumps_strict
 from dpcdvae.sampling.writers import atomic_save, atomic_write_text, cif_text, concat_samples, extxyz_text
 
 __all__ = ["sample", "reconstruct", "SampleResult", "resolve_device", "batch_seed"]
@@ -106,7 +107,7 @@ def _run_batches(
         for key in ("ckpt", "n", "batch_size", "seed", "steps", "sampler", "split"):
             if old.get(key) != meta.get(key):
                 raise ValueError(f"--resume: {key} differs from the run in {out} ({old.get(key)!r} vs {meta.get(key)!r})")
-    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(meta_path, dumps_strict(meta) + "\n")
 
     mine = [b for b in range(num_batches) if b % world_size == rank]
     todo = [b for b in mine if not (parts_dir / f"part_{b:06d}.pt").exists()]
@@ -256,4 +257,4 @@ def reconstruct(
 
 
 def result_json(res: SampleResult) -> str:
-    return json.dumps(asdict(res), indent=2)
+    return dumps_strict(asdict(res))
