@@ -139,9 +139,9 @@ def build_structure(item: CrystalInput) -> tuple[Any, str | None]:
 
 def read_samples_pt(path: Path) -> LoadedCrystals:
     """Read a ``samples.pt`` (ARCHITECTURE.md "Sample folder") with ``weights_only=True``."""
-    import torch
+    from dpcdvae.safeload import load_weights_only
 
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    data = load_weights_only(path, "samples file")
     need = ("frac_coords", "atom_types", "num_atoms", "lengths", "angles")
     if not isinstance(data, dict) or any(k not in data for k in need):
         raise ValueError(f"{path}: expected a dict with keys {need}")
