@@ -221,7 +221,8 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     Returns: the metrics dict (also written to ``out``).
     """
     from dpcdvae.evaluation.cache import resolve_cache_dir
-    from dpcdvae.evaluation.io import load_crystals, resolve_source, split_csv_path
+    from dpcdvae.evaluation.io import (check_output_dir, check_output_file, load_crystals, resolve_source,
+                                       split_csv_path, unparsable_cif_warnings)
     from dpcdvae.evaluation.metrics import COV_CUTOFFS, canonical_dataset
     from dpcdvae.evaluation.worker import default_workers
 
@@ -229,18 +230,25 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     dataset = canonical_dataset(dataset)
     if struct_cutoff is None or comp_cutoff is None:
         if dataset not in COV_CUTOFFS:
-            raise ValueError(f"no COV cutoffs known for dataset {dataset!r}: pass --struct-cutoff and --comp-cutoff")
+            raise ValueError(f"unknown dataset {dataset!r} (known: {', '.join(sorted(COV_CUTOFFS))}); for another "
+                             "dataset pass --struct-cutoff and --comp-cutoff")
         struct_cutoff = COV_CUTOFFS[dataset][0] if struct_cutoff is None else struct_cutoff
         comp_cutoff = COV_CUTOFFS[dataset][1] if comp_cutoff is None else comp_cutoff
-    workers = default_workers() if workers is None else max(1, int(workers))
-    opts = EvalOptions(oxidation_states=oxidation_states, pauling_missing=pauling_missing)
     src = resolve_source(source)
     gt_csv = split_csv_path(src, dataset, split)
+    # everything that can fail is checked before the (slow) fingerprints
+    if prop_ckpt is not None and not Path(prop_ckpt).is_file():
+        raise FileNotFoundError(f"--prop-ckpt {prop_ckpt} not found")
+    check_output_file(out)
+    check_output_dir(report_dir)
+    workers = default_workers() if workers is None else max(1, int(workers))
+    opts = EvalOptions(oxidation_states=oxidation_states, pauling_missing=pauling_missing)
     cdir = resolve_cache_dir(cache_dir) if use_cache else None
     samples = Path(samples)
     loaded = None if samples.name.lower().endswith((".csv", ".csv.gz")) else load_crystals(samples)
 
     timing: dict[str, float] = {}
+    input_warnings: list[str] = []
     with LazyPool(workers) as pool:
         gt, gt_info = evaluate_csv_cached(gt_csv, dataset, split, opts, pool, cdir, progress)
         timing["ground_truth_s"] = gt_info["seconds"]
@@ -257,6 +265,7 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
         else:
             items, rows = _subset_items(loaded.items, max_samples, subset_seed)
             gen = evaluate_items(items, opts, pool, progress, "samples")
+            input_warnings = unparsable_cif_warnings(items, gen)
             input_info = {"kind": loaded.kind, "note": loaded.note, "meta": loaded.meta}
         timing["samples_s"] = round(time.perf_counter() - t0, 3)
     input_info.update(path=str(samples), n_input=(n_rows if loaded is None else len(loaded.items)),
@@ -268,6 +277,8 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     gt_cache = Path(gt_info["cache"]).with_suffix("") if gt_info["cache"] else None  # folder per ground-truth table
     prop, gen_p, gt_p = property_wdist(prop_ckpt, gen, wrows, gt, prop_device, gt_cache)
     metrics["wdist"].update(prop)
+    if input_warnings:
+        metrics["warnings"] = input_warnings + metrics.get("warnings", [])
     timing["metrics_s"] = round(time.perf_counter() - t0, 3)
     timing["total_s"] = round(time.perf_counter() - t_start, 3)
     timing["workers"] = workers
