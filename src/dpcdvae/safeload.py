@@ -46,9 +46,9 @@ def load_weights_only(path: Path | str, what: str = "model file", hint: str = ""
     except pickle.UnpicklingError as err:
         if head == _ZIP_MAGIC or head.startswith(_PICKLE_MAGIC):
             found = re.search(r"GLOBAL (\S+)", str(err))
-            detail = f"; it references {found.group(1)}, which only a full unpickler would run" if found else ""
+            detail = f"; it would call {found.group(1)} when unpickled" if found else ""
             raise DPCDVAEError(f"refusing to load {path} (not a weights-only checkpoint){detail}; "
-                               f"a dpcdvae {what} holds tensors and plain values only") from err
+                               f"a dpcdvae {what} holds only tensors and plain values") from err
         raise UnreadableFileError(f"{path} is not a {what} (not a PyTorch file){_expected(what)}") from err
     except (RuntimeError, EOFError, OSError) as err:
         if head != _ZIP_MAGIC and not head.startswith(_PICKLE_MAGIC):
