@@ -166,6 +166,23 @@ def test_resume_refuses_another_config_or_encoder(tmp_path, capsys, args, needle
     one_line_error(rc, err, needle)
 
 
+def test_a_real_run_resumes_with_its_own_config_and_writes_strict_json(prepared_cache, tmp_path, capsys):
+    base = ["train", "--out", tmp_path / "run", "--cache-dir", prepared_cache, "--limit", "32", "--accelerator", "cpu",
+            "--no-progress"]
+    assert run(capsys, *base, "--config", "tiny", "--set", "train.max_epochs=1")[0] == 0
+    rc, out, err = run(capsys, *base, "--resume", "--config", "tiny", "--set", "train.max_epochs=2")
+    assert rc == 0, err
+    res = json.loads(out[out.index("{"):], parse_constant=_refuse)
+    assert res["epochs"] == 2
+    json.loads((tmp_path / "run" / "train_summary.json").read_text(), parse_constant=_refuse)
+    rc, _, err = run(capsys, *base, "--resume", "--config", "perov_5")
+    one_line_error(rc, err, "trained with --config tiny")
+
+
+def _refuse(name):
+    raise AssertionError(f"non-strict JSON constant {name}")
+
+
 def test_a_nan_loss_stops_training_with_one_line(prepared_cache, tmp_path, capsys, monkeypatch):
     from dpcdvae.models.dpcdvae import DPCDVAE
 
