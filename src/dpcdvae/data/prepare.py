@@ -8,7 +8,6 @@ Reads ``<source>/<dataset>/<split>.csv[.gz]`` with pandas, preprocesses the CIFs
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter

@@ -318,7 +318,8 @@ def unparsable_cif_warnings(items: Sequence[CrystalInput], table: dict[str, np.n
     lines = [f"{items[i].label}: cannot read this CIF ({_cif_error(items[i].cif)}); counted as invalid"
              for i in bad[:limit]]
     if len(bad) > limit:
-        lines.append(f"{len(bad) - limit} more unreadable CIF files, e.g. {items[bad[limit]].label}; counted as invalid")
+        lines.append(f"{len(bad) - limit} more unreadable CIF files, e.g. {items[bad[limit]].label}; "
+                     "counted as invalid")
     return lines
 
 
