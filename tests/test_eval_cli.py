@@ -171,3 +171,13 @@ def test_a_garbage_cif_is_named_with_its_reason(tiny_source, tmp_path, capsys):
     assert not any("good_" in ln for ln in err.splitlines())
     res = json.loads(out.read_text())
     assert res["validity"]["n_total"] == 3 and any("garbage.cif" in w for w in res["warnings"])
+
+
+def test_many_unreadable_cifs_end_with_a_summary_line():
+    from dpcdvae.evaluation.io import CrystalInput, unparsable_cif_warnings
+
+    items = [CrystalInput(label=f"{i}.cif", cif="junk") for i in range(5)] + [CrystalInput(label="ok.pt")]
+    table = {"reasons": np.array(["cif_parse_error|composition_invalid"] * 5 + ["cif_parse_error"])}
+    lines = unparsable_cif_warnings(items, table, limit=3)
+    assert len(lines) == 4 and lines[0].startswith("0.cif: cannot read this CIF (")
+    assert lines[-1].startswith("2 more unreadable CIF files, e.g. 3.cif")
