@@ -1,6 +1,7 @@
 """End-to-end ``dpcdvae evaluate gen|recon`` on a tiny copy of the perov_5 test split."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -97,3 +98,86 @@ def test_process_pool_gives_the_same_records(tiny_source):
         assert pool._executor is not None
     for key in ("valid", "struct_fp", "comp_fp", "density", "label"):
         assert np.array_equal(serial[key], pooled[key], equal_nan=key != "label")
+
+
+def _one_line_error(rc, err, *needles):
+    lines = err.strip().splitlines()
+    assert rc == 1 and "Traceback" not in err and len(lines) == 1 and lines[0].startswith("dpcdvae: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def no_fingerprints(monkeypatch):
+    """Fail the test if the (slow) evaluation starts."""
+    import dpcdvae.evaluation.gen as gen
+
+    def boom(*a, **k):
+        raise AssertionError("fingerprinting started before the arguments were checked")
+
+    monkeypatch.setattr(gen, "evaluate_csv_cached", boom)
+    monkeypatch.setattr(gen, "evaluate_items", boom)
+
+
+def test_gen_checks_prop_ckpt_and_out_before_fingerprinting(tiny_source, gt_samples, tmp_path, capsys,
+                                                             no_fingerprints):
+    base = ["evaluate", "gen", "--samples", str(gt_samples), "--dataset", "perov_5", "--source", str(tiny_source),
+            "--workers", "1", "--no-cache", "--no-progress"]
+    rc = main(base + ["--out", str(tmp_path / "m.json"), "--prop-ckpt", str(tmp_path / "nope.pt")])
+    _one_line_error(rc, capsys.readouterr().err, "--prop-ckpt", "nope.pt not found")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    rc = main(base + ["--out", str(a_file / "m.json")])
+    _one_line_error(rc, capsys.readouterr().err, "is a file, not a folder")
+    rc = main(base + ["--out", str(tmp_path)])
+    _one_line_error(rc, capsys.readouterr().err, "is a folder")
+    rc = main(base + ["--out", str(tmp_path / "m.json"), "--report", str(a_file)])
+    _one_line_error(rc, capsys.readouterr().err, "--report", "is a file")
+    if os.geteuid() != 0:  # root ignores permissions
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        rc = main(base + ["--out", str(ro / "sub" / "m.json")])
+        ro.chmod(0o700)
+        _one_line_error(rc, capsys.readouterr().err, "permission denied")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_unknown_dataset_is_said_first(tiny_source, tmp_path, capsys, no_fingerprints):
+    rc = main(["evaluate", "gen", "--samples", str(tmp_path / "nope"), "--dataset", "perov5x",
+               "--source", str(tiny_source), "--out", str(tmp_path / "x.json")])
+    _one_line_error(rc, capsys.readouterr().err, "unknown dataset 'perov5x'", "perov_5")
+    rc = main(["evaluate", "recon", "--pred", str(tmp_path / "nope"), "--dataset", "perov5x",
+               "--source", str(tiny_source), "--out", str(tmp_path / "x.json")])
+    _one_line_error(rc, capsys.readouterr().err, "unknown dataset 'perov5x'", "perov_5")
+
+
+def test_a_garbage_cif_is_named_with_its_reason(tiny_source, tmp_path, capsys):
+    from pymatgen.io.cif import CifWriter
+
+    from dpcdvae.evaluation.io import build_structure, read_csv_structures
+
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for i, item in enumerate(read_csv_structures(tiny_source / "perov_5" / "test.csv.gz").items[:2]):
+        CifWriter(build_structure(item)[0]).write_file(folder / f"good_{i}.cif")
+    (folder / "garbage.cif").write_text("this is not a CIF\n")
+    out = tmp_path / "gen.json"
+    rc = main(["evaluate", "gen", "--samples", str(folder), "--dataset", "perov_5", "--source", str(tiny_source),
+               "--out", str(out), "--workers", "1", "--no-cache", "--no-progress", "--no-report", "--n-wdist", "2"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err
+    bad = [ln for ln in err.splitlines() if "garbage.cif" in ln]
+    assert len(bad) == 1 and bad[0].startswith("warning: garbage.cif: cannot read this CIF (") and "invalid" in bad[0]
+    assert not any("good_" in ln for ln in err.splitlines())
+    res = json.loads(out.read_text())
+    assert res["validity"]["n_total"] == 3 and any("garbage.cif" in w for w in res["warnings"])
+
+
+def test_many_unreadable_cifs_end_with_a_summary_line():
+    from dpcdvae.evaluation.io import CrystalInput, unparsable_cif_warnings
+
+    items = [CrystalInput(label=f"{i}.cif", cif="junk") for i in range(5)] + [CrystalInput(label="ok.pt")]
+    table = {"reasons": np.array(["cif_parse_error|composition_invalid"] * 5 + ["cif_parse_error"])}
+    lines = unparsable_cif_warnings(items, table, limit=3)
+    assert len(lines) == 4 and lines[0].startswith("0.cif: cannot read this CIF (")
+    assert lines[-1].startswith("2 more unreadable CIF files, e.g. 3.cif")

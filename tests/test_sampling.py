@@ -93,3 +93,11 @@ def test_reconstruct_keeps_pairing(tiny_model, prepared_cache, tmp_path):
     assert s["index"].tolist() == test.index[:6].tolist()
     meta = json.loads((tmp_path / "r" / "run.json").read_text())
     assert meta["task"] == "reconstruct" and meta["split"] == "test"
+
+
+def test_progress_bar_counts_reverse_steps(tiny_model, tmp_path, capsys):
+    sample(tiny_model, 2, tmp_path / "quiet", batch_size=2, steps=3, device="cpu", progress=False)
+    assert "reverse steps" not in capsys.readouterr().err
+    sample(tiny_model, 4, tmp_path / "s", batch_size=2, steps=3, device="cpu", progress=True)
+    err = capsys.readouterr().err
+    assert "batches" in err and "reverse steps" in err and "/3" in err

@@ -7,8 +7,9 @@ few minutes anywhere. Every step is the same public function a user would call.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from dpcdvae.jsonio import dumps_strict
 
 
 __all__ = ["demo", "register"]
@@ -66,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
                    progress=not args.no_progress)
     keys = ("comp_valid", "struct_valid", "valid", "cov_recall", "cov_precision", "wdist_density", "wdist_num_elems")
     flat = {k: v for k, v in metrics.items() if k in keys}
-    print(json.dumps(flat or metrics, indent=2, default=str))
+    print(dumps_strict(flat or metrics, default=str))
     return 0
 
 

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from dpcdvae.cli import CLIError
+from dpcdvae.errors import DPCDVAEError
 
 _DATASETS = ("perov_5", "carbon_24", "mp_20")
 _SPLITS = ("train", "val", "test")
@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _source(arg: str | None) -> str:
     src = arg or os.environ.get("DPCDVAE_DATA")
     if not src:
-        raise CLIError("no data source: pass --source DIR or set DPCDVAE_DATA")
+        raise DPCDVAEError("no data source: pass --source DIR or set DPCDVAE_DATA")
     return src
 
 
@@ -63,7 +63,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from dpcdvae.data.prepare import prepare_dataset
 
     if args.workers < 1:
-        raise CLIError(f"--workers must be >= 1, got {args.workers}")
+        raise DPCDVAEError(f"--workers must be >= 1, got {args.workers}")
     report = prepare_dataset(
         args.dataset,
         source=args.source,
@@ -85,7 +85,7 @@ def _check_graph(args: argparse.Namespace) -> int:
     from dpcdvae.data.graph_check import check_graph
 
     if args.limit is not None and args.limit < 1:
-        raise CLIError(f"--limit must be >= 1, got {args.limit}")
+        raise DPCDVAEError(f"--limit must be >= 1, got {args.limit}")
     result = check_graph(_source(args.source), args.dataset, args.split, args.limit, args.cutoff,
                          device=args.device)
     for line in result.lines():

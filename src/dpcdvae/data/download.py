@@ -14,12 +14,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from dpcdvae.cli import CLIError
+from dpcdvae.errors import DPCDVAEError
 from dpcdvae.data.atomic import atomic_write_bytes
 from dpcdvae.data.datasets import CDVAE_BASE_URL, SPLITS, SplitInfo, get_dataset
 
 
-class DownloadError(CLIError):
+class DownloadError(DPCDVAEError):
     """A download that failed or did not verify (one-line message for the user)."""
 
 

@@ -8,7 +8,6 @@ Reads ``<source>/<dataset>/<split>.csv[.gz]`` with pandas, preprocesses the CIFs
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from dpcdvae.data.cache import CACHE_VERSION, save_split_dict, scalers_path, spl
 from dpcdvae.data.datasets import SPLITS, get_dataset, train_label
 from dpcdvae.data.scalers import fit_scalers, save_scalers
 from dpcdvae.data.structures import ChunkResult, process_chunk, wrap_frac
+from dpcdvae.jsonio import dumps_strict
 
 
 @dataclass
@@ -275,5 +275,5 @@ def prepare_dataset(
             f"{label}: training split '{train_split}' not prepared; scalers.json not written"
         )
     report.seconds = round(time.perf_counter() - t_all, 2)
-    atomic_write_text(out_dir / "report.json", json.dumps(report.to_json(), indent=2) + "\n")
+    atomic_write_text(out_dir / "report.json", dumps_strict(report.to_json()) + "\n")
     return report

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from dpcdvae.data.atomic import atomic_write_text
+from dpcdvae.jsonio import dumps_strict
 
 EPS = 1e-5
 SCALERS_VERSION = 1
@@ -194,7 +195,7 @@ def fit_scalers(
 
 def save_scalers(path: Path, scalers: Scalers) -> Path:
     """Atomically write ``scalers.json`` (NaN written as null)."""
-    return atomic_write_text(Path(path), json.dumps(scalers.to_json(), indent=2) + "\n")
+    return atomic_write_text(Path(path), dumps_strict(scalers.to_json()) + "\n")
 
 
 def load_scalers_file(path: Path) -> Scalers:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from dpcdvae.data.cache import resolve_cache_dir  # noqa: F401  (one rule for every cache)
+from dpcdvae.jsonio import dumps_strict
 
 EVAL_CACHE_VERSION = 1
 
@@ -25,7 +26,7 @@ def table_key(file_sha256: str, rows: np.ndarray | None, settings: dict[str, Any
     h = hashlib.sha256()
     h.update(file_sha256.encode())
     h.update(b"all" if rows is None else np.asarray(rows, dtype=np.int64).tobytes())
-    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update(dumps_strict(settings, indent=None, sort_keys=True).encode())
     h.update(str(EVAL_CACHE_VERSION).encode())
     return h.hexdigest()[:16]
 
@@ -39,7 +40,7 @@ def save_table(path: Path, table: dict[str, np.ndarray], meta: dict[str, Any]) -
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, __meta__=np.array(json.dumps(meta)), **table)
+        np.savez_compressed(fh, __meta__=np.array(dumps_strict(meta, indent=None)), **table)
     os.replace(tmp, path)
 
 

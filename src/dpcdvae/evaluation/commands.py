@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpcdvae.cli import CLIError
+from dpcdvae.errors import DPCDVAEError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -99,7 +99,7 @@ def _report_dir(args: argparse.Namespace) -> Path | None:
 
 def _check(args: argparse.Namespace) -> None:
     if args.workers is not None and args.workers < 1:
-        raise CLIError(f"--workers must be >= 1, got {args.workers}")
+        raise DPCDVAEError(f"--workers must be >= 1, got {args.workers}")
 
 
 def _recon(args: argparse.Namespace) -> int:
@@ -123,9 +123,9 @@ def _gen(args: argparse.Namespace) -> int:
 
     _check(args)
     if args.n_wdist < 1:
-        raise CLIError(f"--n-wdist must be >= 1, got {args.n_wdist}")
+        raise DPCDVAEError(f"--n-wdist must be >= 1, got {args.n_wdist}")
     if args.max_samples is not None and args.max_samples < 1:
-        raise CLIError(f"--max-samples must be >= 1, got {args.max_samples}")
+        raise DPCDVAEError(f"--max-samples must be >= 1, got {args.max_samples}")
     res = evaluate_gen(Path(args.samples), args.dataset, split=args.split, source=args.source, out=Path(args.out),
                        report_dir=_report_dir(args), workers=args.workers, cache_dir=args.cache_dir,
                        use_cache=not args.no_cache, prop_ckpt=Path(args.prop_ckpt) if args.prop_ckpt else None,

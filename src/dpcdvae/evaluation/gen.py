@@ -10,7 +10,6 @@ crystals (fixed, reported seed) and all ground-truth crystals.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from dpcdvae.evaluation.io import CrystalInput
 from dpcdvae.evaluation.worker import EvalOptions, LazyPool
+from dpcdvae.jsonio import write_json as write_strict_json
 
 
 def library_versions() -> dict[str, str]:
@@ -221,7 +221,8 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     Returns: the metrics dict (also written to ``out``).
     """
     from dpcdvae.evaluation.cache import resolve_cache_dir
-    from dpcdvae.evaluation.io import load_crystals, resolve_source, split_csv_path
+    from dpcdvae.evaluation.io import (check_output_dir, check_output_file, load_crystals, resolve_source,
+                                       split_csv_path, unparsable_cif_warnings)
     from dpcdvae.evaluation.metrics import COV_CUTOFFS, canonical_dataset
     from dpcdvae.evaluation.worker import default_workers
 
@@ -229,18 +230,25 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     dataset = canonical_dataset(dataset)
     if struct_cutoff is None or comp_cutoff is None:
         if dataset not in COV_CUTOFFS:
-            raise ValueError(f"no COV cutoffs known for dataset {dataset!r}: pass --struct-cutoff and --comp-cutoff")
+            raise ValueError(f"unknown dataset {dataset!r} (known: {', '.join(sorted(COV_CUTOFFS))}); for another "
+                             "dataset pass --struct-cutoff and --comp-cutoff")
         struct_cutoff = COV_CUTOFFS[dataset][0] if struct_cutoff is None else struct_cutoff
         comp_cutoff = COV_CUTOFFS[dataset][1] if comp_cutoff is None else comp_cutoff
-    workers = default_workers() if workers is None else max(1, int(workers))
-    opts = EvalOptions(oxidation_states=oxidation_states, pauling_missing=pauling_missing)
     src = resolve_source(source)
     gt_csv = split_csv_path(src, dataset, split)
+    # everything that can fail is checked before the (slow) fingerprints
+    if prop_ckpt is not None and not Path(prop_ckpt).is_file():
+        raise FileNotFoundError(f"--prop-ckpt {prop_ckpt} not found")
+    check_output_file(out)
+    check_output_dir(report_dir)
+    workers = default_workers() if workers is None else max(1, int(workers))
+    opts = EvalOptions(oxidation_states=oxidation_states, pauling_missing=pauling_missing)
     cdir = resolve_cache_dir(cache_dir) if use_cache else None
     samples = Path(samples)
     loaded = None if samples.name.lower().endswith((".csv", ".csv.gz")) else load_crystals(samples)
 
     timing: dict[str, float] = {}
+    input_warnings: list[str] = []
     with LazyPool(workers) as pool:
         gt, gt_info = evaluate_csv_cached(gt_csv, dataset, split, opts, pool, cdir, progress)
         timing["ground_truth_s"] = gt_info["seconds"]
@@ -257,6 +265,7 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
         else:
             items, rows = _subset_items(loaded.items, max_samples, subset_seed)
             gen = evaluate_items(items, opts, pool, progress, "samples")
+            input_warnings = unparsable_cif_warnings(items, gen)
             input_info = {"kind": loaded.kind, "note": loaded.note, "meta": loaded.meta}
         timing["samples_s"] = round(time.perf_counter() - t0, 3)
     input_info.update(path=str(samples), n_input=(n_rows if loaded is None else len(loaded.items)),
@@ -268,6 +277,8 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     gt_cache = Path(gt_info["cache"]).with_suffix("") if gt_info["cache"] else None  # folder per ground-truth table
     prop, gen_p, gt_p = property_wdist(prop_ckpt, gen, wrows, gt, prop_device, gt_cache)
     metrics["wdist"].update(prop)
+    if input_warnings:
+        metrics["warnings"] = input_warnings + metrics.get("warnings", [])
     timing["metrics_s"] = round(time.perf_counter() - t0, 3)
     timing["total_s"] = round(time.perf_counter() - t_start, 3)
     timing["workers"] = workers
@@ -297,25 +308,6 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     return result
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    return str(obj)  # Path, tensors in user meta, ...
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write strict JSON (NaN/inf -> null)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+    """Write strict JSON (NaN/inf -> null; paths and other objects as strings)."""
+    write_strict_json(Path(path), data, default=str)

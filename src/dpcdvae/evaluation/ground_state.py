@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from dpcdvae.jsonio import dumps_strict
+
 RESULTS = "results.jsonl"
 SETTINGS = "settings.json"
 MATCHER = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}  # as evaluate_recon
@@ -275,7 +277,7 @@ def _read_done(path: Path) -> dict[int, dict[str, Any]]:
         except (ValueError, KeyError, TypeError):
             continue
     if len(done) != len(lines) or (text and not text.endswith("\n")):
-        _write_atomic(path, "".join(json.dumps(r) + "\n" for r in done.values()))
+        _write_atomic(path, "".join(dumps_strict(r, indent=None) + "\n" for r in done.values()))
     return done
 
 
@@ -342,7 +344,7 @@ def evaluate_ground_state(samples: Path | str, out: Path | str, pressure_gpa: fl
     workers = int(workers) if workers is not None else (1 if device == "cuda" else cpu)
 
     (out / "relaxed").mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / SETTINGS, json.dumps(settings, indent=2) + "\n")
+    _write_atomic(out / SETTINGS, dumps_strict(settings) + "\n")
     wanted = set(sel.tolist())
     done = {i: r for i, r in _read_done(out / RESULTS).items() if i in wanted}
     relax = RelaxSettings(float(pressure_gpa), float(fmax), int(max_steps), float(timeout_s), optimizer, device)
@@ -394,7 +396,7 @@ def _run(todo: list, done: dict[int, dict[str, Any]], out: Path, workers: int, t
             if cif is not None:
                 _write_atomic(out / "relaxed" / f"{rec['index']:06d}.cif", cif)
             rec = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()}
-            fh.write(json.dumps(rec, allow_nan=False) + "\n")  # one write per line
+            fh.write(dumps_strict(rec, indent=None) + "\n")  # one write per line
             fh.flush()
             os.fsync(fh.fileno())
             done[rec["index"]] = rec

@@ -139,9 +139,9 @@ def build_structure(item: CrystalInput) -> tuple[Any, str | None]:
 
 def read_samples_pt(path: Path) -> LoadedCrystals:
     """Read a ``samples.pt`` (ARCHITECTURE.md "Sample folder") with ``weights_only=True``."""
-    import torch
+    from dpcdvae.safeload import load_weights_only
 
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    data = load_weights_only(path, "samples file")
     need = ("frac_coords", "atom_types", "num_atoms", "lengths", "angles")
     if not isinstance(data, dict) or any(k not in data for k in need):
         raise ValueError(f"{path}: expected a dict with keys {need}")
@@ -267,10 +267,76 @@ def split_csv_path(source: Path, dataset: str, split: str) -> Path:
     """``<source>/<dataset>/<split>.csv.gz`` (or ``.csv``)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not (source / dataset).is_dir():
+        have = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise FileNotFoundError(f"unknown dataset {dataset!r}: no folder {source / dataset} "
+                                f"(datasets there: {', '.join(have) or 'none'})")
     for name in (f"{split}.csv.gz", f"{split}.csv"):
         if (source / dataset / name).is_file():
             return source / dataset / name
     raise FileNotFoundError(f"no {split}.csv(.gz) for dataset {dataset!r} under {source}")
+
+
+def check_output_file(path: Path | str | None, flag: str = "--out") -> None:
+    """Refuse (one line) an output file that could not be written: a folder, a path under a file,
+    or a folder without write permission. Nothing is created."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a folder; give a file name such as {path / 'metrics.json'}")
+    _check_writable_folder(path.parent, flag, path)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"{flag} {path} is not writable")
+
+
+def check_output_dir(path: Path | str | None, flag: str = "--report") -> None:
+    """Like :func:`check_output_file` for an output folder (absent or an existing folder)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{flag} {path} is a file, not a folder")
+    _check_writable_folder(path, flag, path)
+
+
+def _check_writable_folder(folder: Path, flag: str, target: Path) -> None:
+    folder = Path(os.path.abspath(folder))
+    while not folder.exists() and folder != folder.parent:  # the first existing ancestor gets the new folders
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{flag} {target}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {target}: cannot write in {folder} (permission denied)")
+
+
+def unparsable_cif_warnings(items: Sequence[CrystalInput], table: dict[str, np.ndarray], limit: int = 10) -> list[str]:
+    """One warning per input CIF that could not be read (file name and the parser's reason), at most
+    ``limit`` lines plus a summary line naming the count of the others."""
+    bad = [i for i, r in enumerate(table["reasons"])
+           if items[i].cif is not None and {"cif_parse_error", "disordered_sites"} & set(str(r).split("|"))]
+    lines = [f"{items[i].label}: cannot read this CIF ({_cif_error(items[i].cif)}); counted as invalid"
+             for i in bad[:limit]]
+    if len(bad) > limit:
+        lines.append(f"{len(bad) - limit} more unreadable CIF files, e.g. {items[bad[limit]].label}; "
+                     "counted as invalid")
+    return lines
+
+
+def _cif_error(cif: str) -> str:
+    """Why pymatgen cannot read ``cif`` (one short line)."""
+    import warnings
+
+    from pymatgen.core import Structure
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = Structure.from_str(cif, fmt="cif")
+    except Exception as err:  # noqa: BLE001 - any parser error is the reason
+        msg = " ".join(str(err).split()) or type(err).__name__
+        return msg if len(msg) <= 160 else msg[:157] + "..."
+    return "partially occupied (disordered) sites" if not structure.is_ordered else "unknown reason"
 
 
 def file_sha256(path: Path) -> str:

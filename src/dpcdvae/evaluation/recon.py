@@ -39,7 +39,8 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
     import pandas as pd
 
     from dpcdvae.evaluation.gen import code_provenance, library_versions, write_json
-    from dpcdvae.evaluation.io import load_crystals, read_csv_structures, resolve_source, split_csv_path
+    from dpcdvae.evaluation.io import (check_output_dir, check_output_file, load_crystals, read_csv_structures,
+                                       resolve_source, split_csv_path, unparsable_cif_warnings)
     from dpcdvae.evaluation.metrics import canonical_dataset, lattice_rms, recon_summary, validity_summary
     from dpcdvae.evaluation.worker import LazyPool, default_workers, match_pair, records_to_table
 
@@ -48,6 +49,8 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
     workers = default_workers() if workers is None else max(1, int(workers))
     src = resolve_source(source)
     gt_csv = split_csv_path(src, dataset, split)
+    check_output_file(out)
+    check_output_dir(report_dir)
     loaded = load_crystals(Path(pred))
     n_gt = len(pd.read_csv(gt_csv, usecols=["cif"]))
     if loaded.index is not None and loaded.kind == "samples.pt":
@@ -79,7 +82,7 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
     summary["rms_angles"] = lattice_rms(d_ang)
     summary["n_pred"] = int(index.size)
     summary["n_gt_unbuildable"] = int(sum(not r["gt_ok"] for r in records))
-    warnings = []
+    warnings = unparsable_cif_warnings(loaded.items, table)
     if summary["n_gt_predicted"] < n_gt:
         warnings.append(f"predictions cover {summary['n_gt_predicted']} of {n_gt} ground-truth crystals; "
                         "match_rate counts the others as unmatched (see match_rate_over_predicted)")

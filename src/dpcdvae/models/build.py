@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from dpcdvae.data.scalers import Scalers
+from dpcdvae.jsonio import dumps_strict
 from dpcdvae.models.dpcdvae import DPCDVAE
+from dpcdvae.safeload import load_weights_only
 
 __all__ = ["build_model", "save_model", "load_model", "load_model_file", "export_model", "FORMAT"]
 
@@ -66,14 +68,16 @@ def load_model_file(path: Path | str) -> tuple[dict, dict]:
     """(config, state_dict) from a model.pt, a shard folder, or a Lightning checkpoint."""
     path = Path(path)
     if path.is_dir():
+        if not (path / "index.json").is_file():
+            raise FileNotFoundError(f"{path} is a folder without index.json, not an exported model folder")
         index = json.loads((path / "index.json").read_text())
         state: dict = {}
         for shard in index["shards"]:
-            state.update(torch.load(path / shard, map_location="cpu", weights_only=True))
+            state.update(load_weights_only(path / shard, "model shard"))
         return index["config"], state
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_weights_only(path, "model file")
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} is neither a dpcdvae model file nor a training checkpoint")
     if obj.get("format") == FORMAT:
         return obj["config"], obj["state_dict"]
     if "state_dict" in obj and "hyper_parameters" in obj:  # Lightning checkpoint of DPCDVAEModule
@@ -121,5 +125,5 @@ def export_model(ckpt: Path | str, out: Path | str, max_mb: float | None = None,
         name = f"shard_{i:03d}.pt"
         torch.save(shard, out / name)
         names.append(name)
-    (out / "index.json").write_text(json.dumps({"format": FORMAT, "config": cfg, "shards": names}, indent=1) + "\n")
+    (out / "index.json").write_text(dumps_strict({"format": FORMAT, "config": cfg, "shards": names}, indent=1) + "\n")
     return [out / n for n in names] + [out / "index.json"]

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
+
+from dpcdvae.jsonio import dumps_strict
 
 ENCODERS = ("dime", "dime+na", "dime+gine", "dime+na+gine")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train DP-CDVAE on a prepared dataset")
-    p.add_argument("--config", default="perov_5", help="preset (perov_5, carbon_24, mp_20, tiny) or YAML path")
+    p.add_argument("--config", default=None,
+                   help="preset (perov_5, carbon_24, mp_20, tiny) or YAML path (default perov_5; --resume: the run's)")
     p.add_argument("--encoder", choices=ENCODERS, default=None, help="encoder variant (paper Table I)")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="dotted config override, repeatable (e.g. --set model.latent_dim=128)")
@@ -49,15 +51,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from dpcdvae.errors import DPCDVAEError
+    from dpcdvae.models.lightning import NonFiniteLossError
     from dpcdvae.models.train import train
 
-    res = train(config=args.config, out=args.out, encoder=args.encoder, overrides=args.overrides,
-                resume=args.resume, cache_dir=args.cache_dir, devices=args.devices, strategy=args.strategy,
-                accelerator=args.accelerator, limit=args.limit, progress=not args.no_progress)
+    try:
+        res = train(config=args.config, out=args.out, encoder=args.encoder, overrides=args.overrides,
+                    resume=args.resume, cache_dir=args.cache_dir, devices=args.devices, strategy=args.strategy,
+                    accelerator=args.accelerator, limit=args.limit, progress=not args.no_progress)
+    except NonFiniteLossError as err:  # raised inside Lightning's loop: one line like any user error
+        raise DPCDVAEError(str(err)) from err
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) == 0:  # under DDP every rank returns here; print once
-        print(json.dumps(asdict(res), indent=2))
+        print(dumps_strict(asdict(res)))
     return 0
 
 
@@ -72,7 +79,7 @@ def _train_property(args: argparse.Namespace) -> int:
                          max_minutes=args.max_minutes, max_epochs=args.max_epochs, batch_size=args.batch_size,
                          lr=args.lr, limit=args.limit, encoder_cfg=TINY_ENCODER if args.tiny else None,
                          progress=not args.no_progress)
-    print(json.dumps(res, indent=2))
+    print(dumps_strict(res))
     return 0
 
 

@@ -55,9 +55,12 @@ class PropertyPredictor(nn.Module):
 
 def load_property_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[PropertyPredictor, dict]:
     """Load a ``train-property`` model file -> (model in eval mode, meta)."""
-    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if obj.get("format") != PROPERTY_FORMAT:
-        raise ValueError(f"{path} is not a dpcdvae property model (format {obj.get('format')!r})")
+    from dpcdvae.safeload import load_weights_only
+
+    obj = load_weights_only(path, "property model")
+    fmt = obj.get("format") if isinstance(obj, dict) else None
+    if fmt != PROPERTY_FORMAT:
+        raise ValueError(f"{path} is not a dpcdvae property model (format {fmt!r})")
     meta = obj["meta"]
     model = PropertyPredictor(meta["encoder_cfg"], meta["hidden_dim"], meta["fc_num_layers"], meta["max_atoms"])
     model.load_state_dict(obj["state_dict"])

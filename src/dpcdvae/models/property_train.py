@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 
 from dpcdvae.data.batch import CrystalBatch
 from dpcdvae.data.cache import CrystalDataset, load_split
+from dpcdvae.jsonio import dumps_strict
 from dpcdvae.models.datamodule import DeviceLoader, holdout_split, train_subset
 from dpcdvae.models.property import PROPERTY_FORMAT, PropertyPredictor
 
@@ -162,5 +162,5 @@ def train_property(
     }
     meta = {"encoder_cfg": enc, "hidden_dim": 256, "fc_num_layers": 1, "max_atoms": info.max_atoms, **summary}
     torch.save({"format": PROPERTY_FORMAT, "meta": meta, "state_dict": model.cpu().state_dict()}, out / "property.pt")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(dumps_strict(summary) + "\n")
     return summary

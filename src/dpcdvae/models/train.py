@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -10,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from dpcdvae.config import apply_overrides, load_config
+from dpcdvae.config import apply_overrides, check_config_values, load_config
+from dpcdvae.jsonio import dumps_strict
 
 __all__ = ["train", "TrainResult"]
 
@@ -88,8 +88,40 @@ def check_train_config(tcfg: dict) -> None:
                          f"{tcfg.get('lr')!r} and {tcfg.get('min_lr')!r}")
 
 
+def _resume_config(out: Path, config: str | None, encoder: str | None, overrides: list[str] | None) -> dict:
+    """The saved config of the run in ``out`` (plus ``overrides``); refuses an unreadable checkpoint
+    or a ``config`` / ``encoder`` that differs from the run's."""
+    from dpcdvae.errors import DPCDVAEError
+    from dpcdvae.safeload import load_weights_only
+
+    ckpt_path = _last_ckpt(out)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+    hint = (f"the run cannot be resumed: restore {ckpt_path.name} from a copy, or start a new run with "
+            "another --out")
+    obj = load_weights_only(ckpt_path, "checkpoint", hint=hint)
+    saved = obj.get("hyper_parameters", {}).get("config") if isinstance(obj, dict) else None
+    if not isinstance(saved, dict):
+        raise DPCDVAEError(f"--resume: {ckpt_path} is not a dpcdvae training checkpoint; {hint}")
+    if config is not None and not _same_config(config, saved.get("name")):
+        raise DPCDVAEError(f"--resume: the run in {out} was trained with --config {saved.get('name')}, not "
+                           f"{config}; drop --config (a resumed run keeps its config) or choose another --out")
+    run_encoder = saved.get("model", {}).get("encoder")
+    if encoder is not None and encoder != run_encoder:
+        raise DPCDVAEError(f"--resume: the run in {out} uses --encoder {run_encoder}, not {encoder}; drop --encoder "
+                           "or choose another --out")
+    return apply_overrides(saved, overrides)
+
+
+def _same_config(a: str, b: str | None) -> bool:
+    if b is None or a == b:
+        return True  # (a run saved without a name cannot be compared)
+    pa, pb = Path(a), Path(b)
+    return pa.suffix in (".yaml", ".yml") and pa.is_file() and pb.is_file() and pa.resolve() == pb.resolve()
+
+
 def train(
-    config: str = "perov_5",
+    config: str | None = None,
     out: Path | str = "runs/perov_5",
     encoder: str | None = None,
     overrides: list[str] | None = None,
@@ -104,7 +136,8 @@ def train(
     """Train DP-CDVAE.
 
     Args:
-        config: preset name (``perov_5``, ``carbon_24``, ``mp_20``, ``tiny``) or a YAML path.
+        config: preset name (``perov_5``, ``carbon_24``, ``mp_20``, ``tiny``) or a YAML path
+            (None: ``perov_5``, or with ``resume`` the run's own; another one is refused then).
         out: run directory: ``checkpoints/{last,best}.ckpt``, ``logs/`` (CSV), ``config.json``,
             ``model.pt`` (self-contained weights + config) and ``train_summary.json``.
         encoder: ``dime``, ``dime+na``, ``dime+gine`` or ``dime+na+gine`` (overrides the preset).
@@ -131,21 +164,25 @@ def train(
     from dpcdvae.models.datamodule import CrystalDataModule
     from dpcdvae.models.lightning import DPCDVAEModule
 
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"--limit must be an integer >= 1, got {limit!r}")
+    if isinstance(devices, int) and devices < 1 and devices != -1:
+        raise ValueError(f"--devices must be >= 1 (or -1 for all), got {devices}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; give a folder for the run")
     ckpt_path: Path | None = None
     if resume:
         ckpt_path = _last_ckpt(out)
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]["config"]
-        cfg = apply_overrides(saved, overrides)
+        cfg = _resume_config(out, config, encoder, overrides)
     else:
         if _last_ckpt(out).exists():
             raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        cfg = load_config(config, overrides, encoder=encoder)
+        cfg = load_config(config or "perov_5", overrides, encoder=encoder)
+    check_config_values(cfg)
     check_train_config(cfg["train"])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (out / "config.json").write_text(dumps_strict(cfg) + "\n")
 
     if devices != 1 or "ddp" in str(strategy):
         # NVLink multicast (NVLS) can take shared GPUs out of service; keep it off unless the user chose.
@@ -227,5 +264,5 @@ def train(
         device_name=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     )
     if trainer.is_global_zero:
-        (out / "train_summary.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+        (out / "train_summary.json").write_text(dumps_strict(asdict(result)) + "\n")
     return result

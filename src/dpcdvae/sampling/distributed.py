@@ -93,11 +93,11 @@ def sample_multi(
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
+    from dpcdvae.sampling.checks import check_sample_args
     from dpcdvae.sampling.run import _merge
 
+    check_sample_args(out, n=n, batch_size=batch_size, steps=steps)
     devs = worker_devices(device, devices)
-    if n < 1:
-        raise ValueError(f"-n must be >= 1, got {n}")
     out = Path(out)
     if (out / "run.json").exists() and not resume:
         raise ValueError(f"{out} holds a previous run; pass --resume to continue it or choose another --out")

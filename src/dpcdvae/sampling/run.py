@@ -19,6 +19,8 @@ from typing import Callable
 
 import torch
 
+from dpcdvae.jsonio import dumps_strict
+from dpcdvae.sampling.checks import check_device, check_sample_args
 from dpcdvae.sampling.writers import atomic_save, atomic_write_text, cif_text, concat_samples, extxyz_text
 
 __all__ = ["sample", "reconstruct", "SampleResult", "resolve_device", "batch_seed"]
@@ -36,6 +38,7 @@ class SampleResult:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -78,7 +81,7 @@ def batch_seed(seed: int, batch_index: int) -> int:
 def _run_batches(
     out: Path,
     num_batches: int,
-    run_batch: Callable[[int, torch.Generator], dict],
+    run_batch: Callable[[int, torch.Generator, Callable], dict],
     first_index: Callable[[int], int],
     meta: dict,
     device: torch.device,
@@ -88,8 +91,18 @@ def _run_batches(
     world_size: int = 1,
     progress: bool = True,
     merge: bool = True,
+    steps_per_batch: int | None = None,
 ) -> SampleResult:
     from tqdm import tqdm
+
+    bars: dict = {}  # the inner bar, opened at the first step (so it sits below the batches bar)
+
+    def on_step(i: int, *_) -> None:  # DPCDVAE.decode's callback: one tick per reverse step of a batch
+        if "steps" not in bars:
+            bars["steps"] = tqdm(desc="reverse steps", unit="step", leave=False, disable=not progress)
+        if i == 0:
+            bars["steps"].reset(total=steps_per_batch)
+        bars["steps"].update(1)
 
     parts_dir = out / "parts"
     cif_dir = out / "cif"
@@ -106,7 +119,7 @@ def _run_batches(
         for key in ("ckpt", "n", "batch_size", "seed", "steps", "sampler", "split"):
             if old.get(key) != meta.get(key):
                 raise ValueError(f"--resume: {key} differs from the run in {out} ({old.get(key)!r} vs {meta.get(key)!r})")
-    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(meta_path, dumps_strict(meta) + "\n")
 
     mine = [b for b in range(num_batches) if b % world_size == rank]
     todo = [b for b in mine if not (parts_dir / f"part_{b:06d}.pt").exists()]
@@ -114,7 +127,7 @@ def _run_batches(
     made = 0
     for b in tqdm(todo, desc="batches", disable=not progress):
         gen = torch.Generator(device=device).manual_seed(batch_seed(meta["seed"], b))
-        res = {k: v.detach().cpu() for k, v in run_batch(b, gen).items()}
+        res = {k: v.detach().cpu() for k, v in run_batch(b, gen, on_step).items()}
         if write_cifs:
             start = first_index(b)
             counts = res["num_atoms"].tolist()
@@ -126,6 +139,8 @@ def _run_batches(
         atomic_save(parts_dir / f"part_{b:06d}.pt", res)
         made += len(res["num_atoms"])
     seconds = time.perf_counter() - t0
+    if "steps" in bars:
+        bars["steps"].close()
 
     if merge:
         _merge(out, num_batches, meta)  # writes only once every shard's parts exist
@@ -186,8 +201,7 @@ def sample(
     """
     from dpcdvae.models.build import load_model
 
-    if n < 1:
-        raise ValueError(f"-n must be >= 1, got {n}")
+    check_sample_args(out, n=n, batch_size=batch_size, steps=steps, rank=rank, world_size=world_size)
     dev = resolve_device(device)
     model, cfg = load_model(ckpt, dev)
     prec = inference_precision(dev, precision, cfg)
@@ -198,14 +212,14 @@ def sample(
             "steps": steps, "sampler": sampler, "split": None, "dataset": cfg["data"]["dataset"],
             "train_split": cfg["data"]["train_split"], "precision": prec}
 
-    def run_batch(b: int, gen: torch.Generator) -> dict:
+    def run_batch(b: int, gen: torch.Generator, on_step: Callable) -> dict:
         size = min(bs, n - b * bs)
         z = torch.randn(size, model.latent_dim, device=dev, generator=gen)
         with inference_context(dev, prec):
-            return model.decode(z, sampler=sampler, steps=steps, generator=gen)
+            return model.decode(z, sampler=sampler, steps=steps, generator=gen, callback=on_step)
 
     return _run_batches(out, num_batches, run_batch, lambda b: b * bs, meta, dev, resume, write_cifs,
-                        rank, world_size, progress, merge)
+                        rank, world_size, progress, merge, reverse_steps(model, steps))
 
 
 def reconstruct(
@@ -229,6 +243,7 @@ def reconstruct(
     from dpcdvae.data.cache import load_split
     from dpcdvae.models.build import load_model
 
+    check_sample_args(out, batch_size=batch_size, steps=steps, limit=limit)
     dev = resolve_device(device)
     model, cfg = load_model(ckpt, dev)
     prec = inference_precision(dev, precision, cfg)
@@ -241,19 +256,25 @@ def reconstruct(
             "steps": steps, "sampler": sampler, "split": split, "dataset": cfg["data"]["dataset"],
             "train_split": cfg["data"]["train_split"], "precision": prec}
 
-    def run_batch(b: int, gen: torch.Generator) -> dict:
+    def run_batch(b: int, gen: torch.Generator, on_step: Callable) -> dict:
         idx = torch.arange(b * bs, min(n, (b + 1) * bs), device=dev)
         batch = data.batch(idx)
         with inference_context(dev, prec):
             mu, logvar = model.encode_stats(batch)
             z = mu + torch.randn(mu.shape, device=dev, generator=gen) * torch.exp(0.5 * logvar)
-            res = model.decode(z, sampler=sampler, steps=steps, generator=gen)
+            res = model.decode(z, sampler=sampler, steps=steps, generator=gen, callback=on_step)
         res["index"] = batch.index
         return res
 
     return _run_batches(Path(out), num_batches, run_batch, lambda b: b * bs, meta, dev, resume, write_cifs,
-                        progress=progress)
+                        progress=progress, steps_per_batch=reverse_steps(model, steps))
+
+
+def reverse_steps(model, steps: int | None) -> int:
+    """Number of reverse steps (network calls) of one batch: K, or T - 1 for the full chain."""
+    full = int(model.schedule.num_steps) - 1
+    return full if steps is None else min(int(steps), full)
 
 
 def result_json(res: SampleResult) -> str:
-    return json.dumps(asdict(res), indent=2)
+    return dumps_strict(asdict(res))
