@@ -115,6 +115,9 @@ NUMERIC_KEYS: dict[str, tuple] = {
     "model.diffusion.num_steps": _rule("int", 2), "model.diffusion.beta_start": _rule("num", 0, 1, True, True),
     "model.diffusion.beta_end": _rule("num", 0, 1, True, True), "model.diffusion.type_sigma_begin": _POS,
     "model.diffusion.type_sigma_end": _POS,
+    "model.score.num_levels": _rule("int", 2), "model.score.sigma_max": _POS, "model.score.sigma_min": _POS,
+    "model.score.type_sigma_max": _POS, "model.score.type_sigma_min": _POS,
+    "model.score.steps_per_level": _INT1, "model.score.step_lr": _POS,
     "train.seed": _rule("int"), "train.max_epochs": _INT1, "train.lr": _POS, "train.min_lr": _NONNEG,
     "train.warmup_steps": _INT0, "train.lr_factor": _rule("num", 0, 1, True, True), "train.lr_patience": _INT0,
     "train.grad_clip_value": _rule("num", 0, null=True), "train.check_val_every_n_epoch": _INT1,
@@ -134,7 +137,9 @@ def _lookup(cfg: dict, key: str) -> tuple[bool, Any]:
 
 def check_config_values(cfg: dict) -> None:
     """Reject a numeric config value of the wrong type or range (``NUMERIC_KEYS``; every
-    ``model.loss`` weight must be a number >= 0) with a one-line ValueError naming the key."""
+    ``model.loss`` weight must be a number >= 0) with a one-line ValueError naming the key; then the
+    choices of ``model.process`` and the denoiser switches
+    (:func:`dpcdvae.diffusion.process.check_process_config`)."""
     rules = dict(NUMERIC_KEYS)
     for name in (cfg.get("model", {}).get("loss") or {}):
         rules[f"model.loss.{name}"] = _NONNEG
@@ -154,3 +159,7 @@ def check_config_values(cfg: dict) -> None:
         if (lo is not None and (val <= lo if lo_open else val < lo)) or (
                 hi is not None and (val >= hi if hi_open else val > hi)):
             raise ValueError(f"{key} must be {need}, got {val!r}")
+    if isinstance(cfg.get("model"), dict):
+        from dpcdvae.diffusion.process import check_process_config  # torch: imported only when checking
+
+        check_process_config(cfg["model"])

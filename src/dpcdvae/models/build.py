@@ -25,8 +25,13 @@ FORMAT = "dpcdvae-model-v1"
 
 def build_model(cfg: dict, scalers: Scalers | None = None) -> DPCDVAE:
     """Instantiate the model described by ``cfg['model']`` (lattice scaler from ``scalers``, else
-    placeholders that ``load_state_dict`` overwrites)."""
-    from dpcdvae.diffusion.schedule import DiffusionSchedule
+    placeholders that ``load_state_dict`` overwrites).
+
+    ``model.process`` (default ``ddpm`` for configs that predate the key) picks the coordinate process
+    from :data:`dpcdvae.diffusion.process.PROCESSES`; ``model.denoiser_cfg.eps_frame: null`` (or absent)
+    becomes the process's default frame (ddpm: fractional, score: cartesian).
+    """
+    from dpcdvae.diffusion.process import build_process, check_process_config
     from dpcdvae.nn.denoiser import DPDenoiser
     from dpcdvae.nn.encoder import CrystalEncoder
 
@@ -35,22 +40,22 @@ def build_model(cfg: dict, scalers: Scalers | None = None) -> DPCDVAE:
     enc_cfg = dict(m["encoder_cfg"])
     encoder_dim = int(enc_cfg.pop("out_channels", m["latent_dim"]))
     encoder = CrystalEncoder(variant=m["encoder"], out_channels=encoder_dim, max_atoms=max_atoms, **enc_cfg)
-    denoiser = DPDenoiser(latent_dim=int(m["latent_dim"]), num_types=int(m["num_types"]), **m["denoiser_cfg"])
-    d = m["diffusion"]
-    schedule = DiffusionSchedule(
-        num_steps=int(d["num_steps"]), beta_start=float(d["beta_start"]), beta_end=float(d["beta_end"]),
-        type_sigma_begin=float(d["type_sigma_begin"]), type_sigma_end=float(d["type_sigma_end"]),
-    )
+    check_process_config(m)
+    process = build_process(m)
+    den_cfg = dict(m["denoiser_cfg"])
+    if den_cfg.get("eps_frame") is None:
+        den_cfg["eps_frame"] = process.frames[0]
+    denoiser = DPDenoiser(latent_dim=int(m["latent_dim"]), num_types=int(m["num_types"]), **den_cfg)
     if scalers is not None:
         mean, std = scalers.lattice.mean, scalers.lattice.std
     else:
         mean, std = torch.zeros(6), torch.ones(6)
     loss = {k: float(v) for k, v in m["loss"].items() if k != "mul_cost_coord"}
     return DPCDVAE(
-        encoder=encoder, denoiser=denoiser, schedule=schedule, encoder_dim=encoder_dim,
+        encoder=encoder, denoiser=denoiser, schedule=None, encoder_dim=encoder_dim,
         latent_dim=int(m["latent_dim"]), hidden_dim=int(m["hidden_dim"]), fc_num_layers=int(m["fc_num_layers"]),
         max_atoms=max_atoms, num_types=int(m["num_types"]), lattice_mean=mean, lattice_std=std,
-        recenter=bool(d["recenter"]), loss_weights=loss,
+        recenter=bool(m.get("diffusion", {}).get("recenter", True)), loss_weights=loss, process=process,
     )
 
 

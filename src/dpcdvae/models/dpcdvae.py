@@ -1,7 +1,10 @@
-"""The DP-CDVAE model: VAE (encoder, latent heads) + DDPM denoiser on fractional coordinates.
+"""The DP-CDVAE model: VAE (encoder, latent heads) + a denoiser driven by a coordinate process.
 
 Plain ``nn.Module``: the math of the paper (Pakornchote et al. 2024), the loss of its Eq. (S1) and the
-two samplers. Training loops, optimisers and logging live in :mod:`dpcdvae.models.lightning`.
+samplers. The coordinate process (:mod:`dpcdvae.diffusion.process`) is a strategy: ``"ddpm"`` (DP-CDVAE,
+DDPM on fractional coordinates) or ``"score"`` (CDVAE, Cartesian score matching + annealed Langevin);
+the VAE, heads, type loss and loss weighting are shared. Training loops, optimisers and logging live in
+:mod:`dpcdvae.models.lightning`.
 
 Shapes: B crystals, N atoms (N = num_atoms.sum()), latent size D.
 """
@@ -16,7 +19,7 @@ from torch import Tensor, nn
 
 from dpcdvae.data.batch import CrystalBatch
 from dpcdvae.data.scalers import lattice_features, lattice_from_features
-from dpcdvae.diffusion import ddpm
+from dpcdvae.diffusion.process import CoordinateProcess, DDPMProcess
 from dpcdvae.diffusion.schedule import DiffusionSchedule
 from dpcdvae.diffusion.types import sample_composition_types
 from dpcdvae.geometry.lattice import lattice_from_params
@@ -50,9 +53,10 @@ class DPCDVAE(nn.Module):
     Args:
         encoder: maps (frac_coords [N,3], atom_types [N], num_atoms [B], batch [N], lattice [B,3,3])
             to a crystal vector [B, encoder_dim].
-        denoiser: maps (z [B,D], t [B], num_steps, x_t [N,3], atom_types [N], num_atoms [B], batch [N],
-            lattice [B,3,3]) to (eps_hat [N,3] in fractional units, type_logits [N, num_types]).
-        schedule: the DDPM schedule (betas, alpha-bars, type-noise sigmas) as buffers.
+        denoiser: maps (z [B,D], t [B], num_levels, x_t [N,3], atom_types [N], num_atoms [B], batch [N],
+            lattice [B,3,3]) to (coordinate output [N,3] in the process's frame, type_logits [N, num_types]).
+        schedule: the DDPM schedule (betas, alpha-bars, type-noise sigmas) as buffers; used to build the
+            default ``DDPMProcess`` when ``process`` is None (None with a ``process``).
         encoder_dim: width of the encoder output.
         latent_dim: D.
         hidden_dim, fc_num_layers: MLP heads (CDVAE: 256, 1).
@@ -60,15 +64,16 @@ class DPCDVAE(nn.Module):
         num_types: atom-type classes (Z - 1 for Z = 1..num_types).
         lattice_mean, lattice_std: [6] scaler of [a,b,c / N^(1/3), alpha, beta, gamma] (train split);
             stored as buffers so checkpoints are self-contained.
-        recenter: remove per-crystal means of x_0 and noise (reference default).
+        recenter: remove per-crystal means of x_0 and noise (reference default; DDPM only).
         loss_weights: cost_natom, cost_lattice, cost_composition, cost_coord, cost_type, beta.
+        process: the coordinate process (None: ``DDPMProcess(schedule, recenter)``).
     """
 
     def __init__(
         self,
         encoder: nn.Module,
         denoiser: nn.Module,
-        schedule: DiffusionSchedule,
+        schedule: DiffusionSchedule | None,
         encoder_dim: int,
         latent_dim: int,
         hidden_dim: int,
@@ -79,11 +84,18 @@ class DPCDVAE(nn.Module):
         lattice_std: Tensor,
         recenter: bool = True,
         loss_weights: dict[str, float] | None = None,
+        process: CoordinateProcess | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.denoiser = denoiser
-        self.schedule = schedule
+        if process is None:
+            if schedule is None:
+                raise ValueError("DPCDVAE needs a schedule or a process")
+            process = DDPMProcess(schedule, recenter=recenter)
+        self.process = process
+        # the DDPM schedule (None for other processes), kept as an attribute for existing callers
+        self.schedule = process.schedule if isinstance(process, DDPMProcess) else None
         self.latent_dim = latent_dim
         self.max_atoms = max_atoms
         self.num_types = num_types
@@ -153,22 +165,19 @@ class DPCDVAE(nn.Module):
         target_types = batch.atom_types - 1
         comp_loss = segment_mean(F.cross_entropy(comp_logits, target_types, reduction="none"), batch.batch, bsz).mean()
 
+        true_lattice = lattice_from_params(batch.lengths, batch.angles)
         if teacher_forcing:
-            lattice = lattice_from_params(batch.lengths, batch.angles)
+            lattice = true_lattice
         else:
             lattice = lattice_from_params(*sanitize_lattice(lengths.detach(), angles.detach()))
 
-        # Coordinates (Eq. 2) and types (Eq. 9) are noised at independent steps.
-        steps = self.schedule.num_steps
-        t = ddpm.sample_timesteps(bsz, steps, device=z.device)
-        s = ddpm.sample_timesteps(bsz, steps, device=z.device)
-        x_t, eps = ddpm.q_sample(self.schedule, batch.frac_coords, t, batch.batch, recenter=self.recenter)
-        sigma_type = self.schedule.type_sigmas[s][batch.batch]
-        noisy_types = ddpm.noise_atom_types(batch.atom_types, F.softmax(comp_logits.detach(), -1), sigma_type)
-
-        eps_hat, type_logits = self.denoiser(z, t, steps, x_t, noisy_types, batch.num_atoms, batch.batch, lattice)
-        coord_loss = segment_mean(((eps_hat.float() - eps) ** 2).sum(-1), batch.batch, bsz).mean()
-        type_ce = F.cross_entropy(type_logits.float(), target_types, reduction="none") / sigma_type
+        # coordinates and types noised at independent levels (the process's job)
+        noisy = self.process.noise(batch.frac_coords, batch.atom_types, batch.batch, batch.num_atoms, lattice,
+                                   true_lattice, F.softmax(comp_logits.detach(), -1))
+        pred, type_logits = self.denoiser(z, noisy.t, self.process.num_levels, noisy.x, noisy.types,
+                                          batch.num_atoms, batch.batch, lattice)
+        coord_loss = self.process.loss(pred.float(), noisy, batch.batch, bsz)
+        type_ce = F.cross_entropy(type_logits.float(), target_types, reduction="none") / noisy.type_sigma
         type_loss = segment_mean(type_ce, batch.batch, bsz).mean()
 
         w = self.loss_weights
@@ -197,7 +206,7 @@ class DPCDVAE(nn.Module):
     def decode(
         self,
         z: Tensor,
-        sampler: str = "eq7",
+        sampler: str | None = None,
         steps: int | None = None,
         generator: torch.Generator | None = None,
         num_atoms: Tensor | None = None,
@@ -205,23 +214,26 @@ class DPCDVAE(nn.Module):
         callback: Callable[..., None] | None = None,
         return_initial_types: bool = False,
     ) -> dict[str, Tensor]:
-        """Decode latents into crystals with the reverse diffusion process.
+        """Decode latents into crystals with the reverse process of ``self.process``.
 
         Args:
             z: [B, D] latents.
-            sampler: "eq7" (paper's modified step, wraps every step), "eq6" (plain DDPM) or "ddim".
-            steps: number of reverse steps K (None = all T - 1 steps; K < T uses the respaced sampler).
+            sampler: None = the process's default. DDPM: "eq7" (default; paper's modified step, wraps
+                every step), "eq6" (plain DDPM) or "ddim". Score: "langevin" (the only one).
+            steps: DDPM: number of reverse steps K (None = all T - 1 steps; K < T uses the respaced
+                sampler). Score: must be None (fixed schedule, ``process.network_calls()`` calls).
             generator: torch.Generator on z's device for reproducible noise.
             num_atoms: [B] force the atom counts (default: argmax of the N_a head, at least 1).
             atom_types: [N] force the atom types (default: initialised from A_z, then argmax of the
                 denoiser's type logits after every step).
-            callback: ``callback(step_index, t, x [N, 3], types [N])`` after every reverse step.
+            callback: ``callback(step_index, t, x [N, 3], types [N])`` after every network call.
             return_initial_types: also return ``initial_types`` [N], the types drawn from A_z.
 
         Returns:
             dict with frac_coords [N,3] in [0,1), atom_types [N] (Z), num_atoms [B], lengths [B,3] Å,
             angles [B,3] deg.
         """
+        sampler = self.process.check_sampling(sampler, steps)
         if num_atoms is None:
             num_atoms = self.predict_num_atoms(z).float().argmax(-1).clamp(min=1)
         _, lengths, angles = self.predict_lattice(z, num_atoms)
@@ -234,19 +246,17 @@ class DPCDVAE(nn.Module):
             atom_types = sample_composition_types(probs, batch, num_atoms, generator=generator)
         state = {"types": atom_types}
         initial_types = atom_types
-        total_steps = self.schedule.num_steps
+        num_levels = self.process.num_levels
 
-        def eps_fn(x_t: Tensor, t: Tensor, step_index: int) -> tuple[Tensor, Tensor]:
-            eps_hat, logits = self.denoiser(z, t, total_steps, x_t, state["types"], num_atoms, batch, lattice)
+        def net_fn(x_t: Tensor, t: Tensor, step_index: int) -> tuple[Tensor, Tensor]:
+            # types follow the network after every call (argmax + 1), as both references do
+            pred, logits = self.denoiser(z, t, num_levels, x_t, state["types"], num_atoms, batch, lattice)
             if not force_types:
                 state["types"] = logits.float().argmax(-1) + 1
-            return eps_hat.float(), state["types"]
+            return pred.float(), state["types"]
 
-        x_T = ddpm.prior_sample(batch, z.shape[0], generator=generator)
-        if not self.recenter:
-            x_T = torch.randn(x_T.shape, device=z.device, generator=generator)
-        x0 = ddpm.reverse_sample(eps_fn, x_T, batch, num_atoms, self.schedule, sampler=sampler, steps=steps,
-                                 generator=generator, callback=callback, recenter=self.recenter)
+        x0 = self.process.sample(net_fn, batch, num_atoms, lattice, sampler=sampler, steps=steps,
+                                 generator=generator, callback=callback)
         out = {
             "frac_coords": x0,
             "atom_types": state["types"],

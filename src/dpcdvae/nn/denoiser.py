@@ -23,7 +23,12 @@ class DPDenoiser(nn.Module):
       -> Linear-ReLU-Linear (all A -> A, A = the sum, 548 by default) -> GemNet-T(A). tau is the time
       embedding of t/T, phi the Fourier features of the noisy fractional coordinates.
     - ``"cdvae"``: ``Linear(atom_emb_dim + latent_dim -> atom_emb_dim)([Emb(Z_i - 1) | z_b])`` ->
-      GemNet-T(A = atom_emb_dim); no time or Fourier input (t is ignored).
+      GemNet-T(A = atom_emb_dim); no time input (t is ignored). With ``fourier=True`` the Fourier
+      features are appended: ``Linear(atom_emb_dim + latent_dim + 6Q -> atom_emb_dim)([Emb | z_b | phi_i])``
+      (the CDVAE + Fourier baseline).
+
+    ``fourier``: None (default) = the conditioning's own choice (dpcdvae: on, cdvae: off); True / False
+    switches phi on or off for either conditioning (dpcdvae without phi is an ablation).
 
     The graph is rebuilt from the (wrapped) coordinates and the given lattice in every call
     (``radius_graph_pbc``: cutoff, neighbour cap, image window and symmetrisation as configured; the
@@ -55,6 +60,7 @@ class DPDenoiser(nn.Module):
         cutoff: graph radius in Å (7.0). max_neighbors: neighbour cap per target (20; None = no cap).
         images, symmetrize: see :func:`~dpcdvae.geometry.graph.radius_graph_pbc` ("ref", "ref").
         conditioning: ``"dpcdvae"`` or ``"cdvae"`` (see above).
+        fourier: Fourier features of the noisy coordinates on the nodes (None: per conditioning, see above).
         eps_frame: ``"fractional"`` or ``"cartesian"`` (see above).
         emb_size_edge ... scale_init: GemNet-T hyperparameters (:class:`~dpcdvae.nn.gemnet.GemNetT`).
     """
@@ -73,6 +79,7 @@ class DPDenoiser(nn.Module):
         images: Literal["ref", "exact"] = "ref",
         symmetrize: Literal["ref", "union"] = "ref",
         conditioning: Literal["dpcdvae", "cdvae"] = "dpcdvae",
+        fourier: bool | None = None,
         eps_frame: Literal["fractional", "cartesian"] = "fractional",
         emb_size_edge: int = 128,
         num_blocks: int = 3,
@@ -93,6 +100,8 @@ class DPDenoiser(nn.Module):
         super().__init__()
         if conditioning not in ("dpcdvae", "cdvae"):
             raise ValueError(f"conditioning must be 'dpcdvae' or 'cdvae', got {conditioning!r}")
+        if fourier is not None and not isinstance(fourier, bool):
+            raise ValueError(f"fourier must be True, False or None, got {fourier!r}")
         if eps_frame not in ("fractional", "cartesian"):
             raise ValueError(f"eps_frame must be 'fractional' or 'cartesian', got {eps_frame!r}")
         if images not in ("ref", "exact"):
@@ -111,17 +120,19 @@ class DPDenoiser(nn.Module):
         self.eps_frame = eps_frame
         self.fourier_min = fourier_min
         self.fourier_max = fourier_max
+        self.fourier = (conditioning == "dpcdvae") if fourier is None else fourier
+        num_phi = num_fourier_features(fourier_min, fourier_max) if self.fourier else 0
 
         self.atom_emb = nn.Embedding(num_types, atom_emb_dim)
         nn.init.uniform_(self.atom_emb.weight, -(3.0**0.5), 3.0**0.5)
         self.time_emb: TimeEmbedding | None = None
         if conditioning == "dpcdvae":
             self.time_emb = TimeEmbedding(time_dim, 4 * time_dim if time_hidden is None else time_hidden)
-            width = atom_emb_dim + latent_dim + time_dim + num_fourier_features(fourier_min, fourier_max)
+            width = atom_emb_dim + latent_dim + time_dim + num_phi
             self.cond: nn.Module = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
         else:
             width = atom_emb_dim
-            self.cond = nn.Linear(atom_emb_dim + latent_dim, atom_emb_dim)
+            self.cond = nn.Linear(atom_emb_dim + latent_dim + num_phi, atom_emb_dim)
         self.emb_size_atom = width
         self.gemnet = GemNetT(
             emb_size_atom=width, emb_size_edge=emb_size_edge, num_blocks=num_blocks, num_radial=num_radial,
@@ -142,14 +153,15 @@ class DPDenoiser(nn.Module):
     ) -> Tensor:
         """Conditioned atom features h [N, A] (before GemNet)."""
         h0 = self.atom_emb(atom_types - 1)
-        if self.conditioning == "cdvae":
-            return self.cond(torch.cat([h0, z[batch].to(h0.dtype)], dim=-1))
-        assert self.time_emb is not None
-        tau = self.time_emb(t.to(torch.float32) / float(num_steps))
-        phi = fourier_features(frac_coords, self.fourier_min, self.fourier_max)
         dtype = h0.dtype
-        x = torch.cat([h0, z[batch].to(dtype), tau[batch].to(dtype), phi.to(dtype)], dim=-1)
-        return self.cond(x)
+        parts = [h0, z[batch].to(dtype)]
+        if self.conditioning == "dpcdvae":
+            assert self.time_emb is not None
+            tau = self.time_emb(t.to(torch.float32) / float(num_steps))
+            parts.append(tau[batch].to(dtype))
+        if self.fourier:
+            parts.append(fourier_features(frac_coords, self.fourier_min, self.fourier_max).to(dtype))
+        return self.cond(torch.cat(parts, dim=-1))
 
     def forward(
         self,

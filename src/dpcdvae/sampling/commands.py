@@ -10,9 +10,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, type=Path, help="model.pt, exported folder or Lightning .ckpt")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--batch-size", type=int, default=None, help="crystals per batch")
-    p.add_argument("--steps", type=int, default=None, help="reverse steps K (default: all T-1; K<T = fast sampler)")
-    p.add_argument("--sampler", choices=("eq7", "eq6", "ddim"), default="eq7",
-                   help="reverse step: paper Eq. 7 (default), plain DDPM Eq. 6, or DDIM (eta=1)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="DDPM models: reverse steps K (default: all T-1; K<T = fast sampler); refused for "
+                        "score (CDVAE) models, whose Langevin schedule is fixed")
+    p.add_argument("--sampler", choices=("eq7", "eq6", "ddim", "langevin"), default=None,
+                   help="DDPM models: paper Eq. 7 (default), plain DDPM Eq. 6, or DDIM (eta=1); score (CDVAE) "
+                        "models: langevin (default, the only one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

@@ -63,6 +63,15 @@ def _worker(rank: int, world: int, device: str, kwargs: dict, queue) -> None:
         raise SystemExit(1)
 
 
+def _check_sampling(ckpt: Path | str, sampler: str | None, steps: int | None) -> str:
+    """Refuse ``--steps`` / ``--sampler`` the model's process does not take, before any worker starts."""
+    from dpcdvae.diffusion.process import build_process
+    from dpcdvae.models.build import load_model_file
+
+    cfg, _ = load_model_file(ckpt)
+    return build_process(cfg["model"]).check_sampling(sampler, steps)
+
+
 def sample_multi(
     ckpt: Path | str,
     n: int,
@@ -71,7 +80,7 @@ def sample_multi(
     device: str = "auto",
     batch_size: int | None = None,
     steps: int | None = None,
-    sampler: str = "eq7",
+    sampler: str | None = None,
     seed: int = 0,
     resume: bool = False,
     write_cifs: bool = True,
@@ -97,6 +106,7 @@ def sample_multi(
     from dpcdvae.sampling.run import _merge
 
     check_sample_args(out, n=n, batch_size=batch_size, steps=steps)
+    sampler = _check_sampling(ckpt, sampler, steps)
     devs = worker_devices(device, devices)
     out = Path(out)
     if (out / "run.json").exists() and not resume:

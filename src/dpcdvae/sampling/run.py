@@ -170,7 +170,7 @@ def sample(
     out: Path | str,
     batch_size: int | None = None,
     steps: int | None = None,
-    sampler: str = "eq7",
+    sampler: str | None = None,
     seed: int = 0,
     device: str = "auto",
     resume: bool = False,
@@ -188,8 +188,10 @@ def sample(
         n: number of crystals.
         out: output folder (``samples.pt``, ``samples.extxyz``, ``cif/``, ``parts/``, ``run.json``).
         batch_size: crystals per batch (default: the config's ``sample.batch_size``).
-        steps: reverse steps K (None = T - 1, the full chain; K < T = respaced fast sampler).
-        sampler: ``eq7`` (paper, wrap every step) or ``eq6`` (plain DDPM step).
+        steps: reverse steps K (None = T - 1, the full chain; K < T = respaced fast sampler). DDPM
+            models only: a score (CDVAE) model refuses it (fixed 50 x 100 Langevin steps).
+        sampler: None = the model's default; DDPM: ``eq7`` (default; paper, wrap every step), ``eq6``
+            (plain DDPM step) or ``ddim``; score: ``langevin`` (the only one).
         seed: run seed; batch b uses seed (seed, b).
         device: ``auto``, ``cuda``, ``cuda:1`` or ``cpu``.
         resume: continue an interrupted run in ``out``.
@@ -204,6 +206,7 @@ def sample(
     check_sample_args(out, n=n, batch_size=batch_size, steps=steps, rank=rank, world_size=world_size)
     dev = resolve_device(device)
     model, cfg = load_model(ckpt, dev)
+    sampler = model.process.check_sampling(sampler, steps)
     prec = inference_precision(dev, precision, cfg)
     bs = int(batch_size or cfg.get("sample", {}).get("batch_size", 1024))
     num_batches = -(-n // bs)
@@ -229,7 +232,7 @@ def reconstruct(
     cache_dir: Path | str | None = None,
     batch_size: int | None = None,
     steps: int | None = None,
-    sampler: str = "eq7",
+    sampler: str | None = None,
     seed: int = 0,
     device: str = "auto",
     resume: bool = False,
@@ -239,13 +242,14 @@ def reconstruct(
     precision: str = "auto",
 ) -> SampleResult:
     """Encode each crystal of ``split`` and decode it; ``samples.pt['index']`` pairs every output with
-    the 0-based CSV row of its ground truth."""
+    the 0-based CSV row of its ground truth (``steps`` / ``sampler`` as in :func:`sample`)."""
     from dpcdvae.data.cache import load_split
     from dpcdvae.models.build import load_model
 
     check_sample_args(out, batch_size=batch_size, steps=steps, limit=limit)
     dev = resolve_device(device)
     model, cfg = load_model(ckpt, dev)
+    sampler = model.process.check_sampling(sampler, steps)
     prec = inference_precision(dev, precision, cfg)
     data = load_split(cache_dir, cfg["data"]["dataset"], split)
     n = len(data) if limit is None else min(limit, len(data))
@@ -271,9 +275,8 @@ def reconstruct(
 
 
 def reverse_steps(model, steps: int | None) -> int:
-    """Number of reverse steps (network calls) of one batch: K, or T - 1 for the full chain."""
-    full = int(model.schedule.num_steps) - 1
-    return full if steps is None else min(int(steps), full)
+    """Number of network calls of one batch: DDPM K, or T - 1 for the full chain; score L x steps_per_level."""
+    return int(model.process.network_calls(steps))
 
 
 def result_json(res: SampleResult) -> str:
