@@ -40,6 +40,7 @@ from torch_geometric.nn.models.dimenet import (
 
 from dpcdvae.geometry.graph import PeriodicGraph, radius_graph_pbc
 from dpcdvae.geometry.triplets import dimenet_triplets
+from dpcdvae.ops import acc_dtype, geometry_dtype, segment_mean, segment_sum
 
 __all__ = [
     "spherical_jn",
@@ -48,10 +49,6 @@ __all__ = [
     "PeriodicDimeNetPP",
     "check_crystal_inputs",
     "envelope",
-    "segment_mean",
-    "acc_dtype",
-    "geometry_dtype",
-    "scatter_sum",
 ]
 
 _SERIES_SWITCH = 8.0  # power series below this argument, upward recurrence above
@@ -59,30 +56,8 @@ _SERIES_TERMS = 30  # enough for |t| < 8 to float64 round-off
 
 
 # ----------------------------------------------------------------------------------------------
-# helpers shared by the encoders
+# input checks shared by the encoders
 # ----------------------------------------------------------------------------------------------
-def acc_dtype(t: Tensor) -> torch.dtype:
-    """Accumulation dtype for sums of ``t``: fp32 for half types, else ``t.dtype``."""
-    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
-
-
-def geometry_dtype(t: Tensor) -> torch.dtype:
-    """dtype for geometry: float64 if ``t`` is float64, else float32 (never half)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def scatter_sum(src: Tensor, index: Tensor, size: int) -> Tensor:
-    """Sum rows of ``src`` [M, C] into [size, C] by ``index`` [M] in an fp32 (or wider) buffer."""
-    out = torch.zeros(size, src.shape[1], dtype=acc_dtype(src), device=src.device)
-    return out.index_add_(0, index, src.to(out.dtype))
-
-
-def segment_mean(x: Tensor, batch: Tensor, num_atoms: Tensor) -> Tensor:
-    """Mean over each crystal's atoms: x [N, C], batch [N], num_atoms [B] -> [B, C] (fp32 sums)."""
-    out = scatter_sum(x, batch, num_atoms.shape[0])
-    return out / num_atoms.clamp(min=1).to(out.dtype).unsqueeze(-1)
-
-
 def check_crystal_inputs(
     frac_coords: Tensor,
     atom_types: Tensor,
@@ -294,7 +269,7 @@ class InteractionPP(InteractionPPBlock):
         x_kj = x_kj * self.lin_rbf2(self.lin_rbf1(rbf))
         x_kj = self.act(self.lin_down(x_kj))
         msg = x_kj[idx_kj] * self.lin_sbf2(self.lin_sbf1(sbf))  # [T, int_emb]
-        x_kj = self.act(self.lin_up(scatter_sum(msg, idx_ji, x.shape[0])))
+        x_kj = self.act(self.lin_up(segment_sum(msg, idx_ji, x.shape[0], fp32=True)))
         h = x_ji + x_kj
         for layer in self.layers_before_skip:
             h = layer(h)
@@ -326,7 +301,7 @@ class OutputPP(OutputPPBlock):
     def forward(self, x: Tensor, rbf: Tensor, i: Tensor, num_nodes: int | None = None) -> Tensor:
         if num_nodes is None:
             raise ValueError("OutputPP needs num_nodes (the number of atoms)")
-        x = scatter_sum(self.lin_rbf(rbf) * x, i, num_nodes)
+        x = segment_sum(self.lin_rbf(rbf) * x, i, num_nodes, fp32=True)
         x = self.lin_up(x)
         for lin in self.lins:
             x = self.act(lin(x))
@@ -433,7 +408,8 @@ class PeriodicDimeNetPP(nn.Module):
     def forward_graph(self, atom_types: Tensor, graph: PeriodicGraph, idx_kj: Tensor, idx_ji: Tensor,
                       batch: Tensor, num_atoms: Tensor) -> Tensor:
         """Encode with a prebuilt graph: atom_types [N] Z, batch [N], num_atoms [B] -> [B, out]."""
-        return segment_mean(self.atom_outputs(atom_types, graph, idx_kj, idx_ji), batch, num_atoms)
+        out = self.atom_outputs(atom_types, graph, idx_kj, idx_ji)
+        return segment_mean(out, batch, num_atoms.shape[0], fp32=True, counts=num_atoms)
 
     def forward(self, frac_coords: Tensor, atom_types: Tensor, num_atoms: Tensor, batch: Tensor,
                 lattice: Tensor) -> Tensor:

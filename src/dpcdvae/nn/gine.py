@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from dpcdvae.geometry.graph import PeriodicGraph, radius_graph_pbc
-from dpcdvae.nn.dimenet import check_crystal_inputs, geometry_dtype, scatter_sum
+from dpcdvae.nn.dimenet import check_crystal_inputs
+from dpcdvae.ops import geometry_dtype, segment_sum
 
 __all__ = ["GINELayer", "GINEEncoder", "segment_max"]
 
@@ -60,7 +61,7 @@ class GINELayer(nn.Module):
     def forward(self, x: Tensor, src: Tensor, dst: Tensor, edge_attr: Tensor) -> Tensor:
         """x [N, C], src [E], dst [E], edge_attr [E, C] -> [N, C]."""
         msg = _ACTS[self.message_act](x[src] + edge_attr)
-        agg = scatter_sum(msg, dst, x.shape[0])
+        agg = segment_sum(msg, dst, x.shape[0], fp32=True)
         return self.mlp(agg + (1.0 + self.eps) * x.to(agg.dtype))
 
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from dpcdvae.nn.gemnet.init import he_orthogonal_
 from dpcdvae.nn.gemnet.layers import INV_SQRT2, Dense, EdgeConcatDense, ResidualLayer
 from dpcdvae.nn.gemnet.scaling import ScaleFactor
+from dpcdvae.ops import segment_sum
 
 __all__ = [
     "EdgeBases",
@@ -142,14 +143,6 @@ def _atom_mlp(emb_size_edge: int, emb_size_atom: int, num_layers: int) -> nn.Seq
     )
 
 
-def sum_into_atoms(x: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
-    """Sum edge rows [E, C] into their target atoms -> [N, C], accumulated in fp32 (fp64 stays fp64)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        out = torch.zeros(num_nodes, x.shape[1], dtype=acc, device=x.device)
-        return out.index_add(0, dst, x.to(acc))
-
-
 class AtomUpdate(nn.Module):
     """GEMNET.md §4.6: q_i = s * sum_{e -> i} m_e * (rbf_h W_h)_e, then Dense(H->A) and Res(A) x num_atom.
 
@@ -168,7 +161,7 @@ class AtomUpdate(nn.Module):
 
     def forward(self, m: Tensor, rbf_emb: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
         """m [E, H], rbf_emb [E, D_rbf], dst [E] -> [N, A]."""
-        q = sum_into_atoms(m * self.dense_rbf(rbf_emb), dst, num_nodes)
+        q = segment_sum(m * self.dense_rbf(rbf_emb), dst, num_nodes, fp32=True)
         q = self.scale_sum(q, ref=m)
         return self.layers(q)
 

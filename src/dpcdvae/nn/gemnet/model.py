@@ -8,11 +8,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dpcdvae.nn.gemnet.bases import GaussianRBF, geometry_dtype, legendre_harmonics
-from dpcdvae.nn.gemnet.blocks import EdgeBases, InteractionBlock, OutputBlock, sum_into_atoms
+from dpcdvae.nn.gemnet.bases import GaussianRBF, legendre_harmonics
+from dpcdvae.nn.gemnet.blocks import EdgeBases, InteractionBlock, OutputBlock
 from dpcdvae.nn.gemnet.init import he_orthogonal_
 from dpcdvae.nn.gemnet.layers import Dense, EdgeConcatDense
 from dpcdvae.nn.gemnet.scaling import REFERENCE_SCALES, ScaleFactor, scale_factors
+from dpcdvae.ops import geometry_dtype, segment_count, segment_sum
 
 if TYPE_CHECKING:
     from dpcdvae.geometry.graph import PeriodicGraph
@@ -142,8 +143,7 @@ class GemNetT(nn.Module):
         num_edges = src.shape[0]
         device = dst.device
         gdtype = geometry_dtype(graph.vec)
-        # in-degrees without a host sync (CUDA bincount syncs to size its output)
-        deg = torch.zeros(n, dtype=torch.long, device=device).index_add_(0, dst, torch.ones_like(dst))
+        deg = segment_count(dst, n)  # in-degrees, no host sync
         if width is None:
             width = int(deg.max()) if num_edges > 0 else 1
         width = max(int(width), 1)
@@ -223,5 +223,5 @@ class GemNetT(nn.Module):
             h, m = block(h, m, bases)
             f_edge = f_edge + out_block(m, bases.rbf_out)
         with torch.autocast(device_type=u.device.type, enabled=False):
-            vec = sum_into_atoms(f_edge.to(u.dtype).unsqueeze(-1) * u, bases.dst, bases.num_nodes)
+            vec = segment_sum(f_edge.to(u.dtype).unsqueeze(-1) * u, bases.dst, bases.num_nodes, fp32=True)
         return vec, h
