@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpcdvae.data.atomic import atomic_write_text
+from dpcdvae.atomic import atomic_write_text
 from dpcdvae.data.cache import CACHE_VERSION, save_split_dict, scalers_path, split_path
 from dpcdvae.data.datasets import SPLITS, get_dataset, train_label
 from dpcdvae.data.scalers import fit_scalers, save_scalers

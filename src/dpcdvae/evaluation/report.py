@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from dpcdvae.atomic import atomic_savefig, atomic_write_text
+
 
 def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (5.0, 3.6)):
     from matplotlib.figure import Figure
@@ -40,7 +42,7 @@ def _hist(ax, gen: np.ndarray, gt: np.ndarray, title: str, integer: bool = False
 
 
 def _save(fig, path: Path) -> str:
-    fig.savefig(path, dpi=110)
+    atomic_savefig(path, fig, dpi=110)
     return path.name
 
 
@@ -146,9 +148,7 @@ def _write_report(folder: Path, lines: list[str], images: list[str], result: dic
     lines = [*lines, *[f"![{name}]({name})" for name in images], "", f"Timing: {result['timing']}"]
     for warn in result.get("warnings", []):
         lines.insert(5, f"- WARNING: {warn}")
-    path = folder / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(folder / "report.md", "\n".join(lines) + "\n")
 
 
 def write_recon_report(folder: Path, result: dict[str, Any], table: dict[str, np.ndarray], rms: np.ndarray,
