@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from dpcdvae.geometry.graph import PeriodicGraph, radius_graph_pbc
+from dpcdvae.nn.checks import check_crystal_shapes
 from dpcdvae.nn.embeddings import TimeEmbedding, fourier_features, num_fourier_features
 from dpcdvae.nn.gemnet.model import GemNetT
 
@@ -191,15 +192,8 @@ class DPDenoiser(nn.Module):
         Returns:
             eps [N, 3] (fp32; frame per ``eps_frame``) and type logits [N, num_types] (class = Z - 1).
         """
-        n = frac_coords.shape[0]
+        check_crystal_shapes(frac_coords, atom_types, num_atoms, batch, lattice)
         b = num_atoms.shape[0]
-        if frac_coords.ndim != 2 or frac_coords.shape[1] != 3:
-            raise ValueError(f"frac_coords must be [N, 3], got {tuple(frac_coords.shape)}")
-        if atom_types.shape != (n,) or batch.shape != (n,):
-            raise ValueError(f"atom_types and batch must be [N={n}], got {tuple(atom_types.shape)}, "
-                             f"{tuple(batch.shape)}")
-        if lattice.shape != (b, 3, 3):
-            raise ValueError(f"lattice must be [B={b}, 3, 3], got {tuple(lattice.shape)}")
         if z.shape != (b, self.latent_dim):
             raise ValueError(f"z must be [B={b}, {self.latent_dim}], got {tuple(z.shape)}")
         if t.shape != (b,):

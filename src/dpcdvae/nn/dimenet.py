@@ -40,6 +40,7 @@ from torch_geometric.nn.models.dimenet import (
 
 from dpcdvae.geometry.graph import PeriodicGraph, radius_graph_pbc
 from dpcdvae.geometry.triplets import dimenet_triplets
+from dpcdvae.nn.checks import check_crystal_inputs
 from dpcdvae.ops import acc_dtype, geometry_dtype, segment_mean, segment_sum
 
 __all__ = [
@@ -53,64 +54,6 @@ __all__ = [
 
 _SERIES_SWITCH = 8.0  # power series below this argument, upward recurrence above
 _SERIES_TERMS = 30  # enough for |t| < 8 to float64 round-off
-
-
-# ----------------------------------------------------------------------------------------------
-# input checks shared by the encoders
-# ----------------------------------------------------------------------------------------------
-def check_crystal_inputs(
-    frac_coords: Tensor,
-    atom_types: Tensor,
-    num_atoms: Tensor,
-    batch: Tensor,
-    lattice: Tensor,
-    max_z: int,
-    max_atoms: int | None = None,
-) -> None:
-    """Raise a one-line ValueError for malformed encoder inputs (one host sync for the values).
-
-    Args:
-        frac_coords: [N, 3] fractional. atom_types: [N] int Z in 1..max_z. num_atoms: [B] >= 1
-        (<= max_atoms if given). batch: [N] crystal index, equal to repeat_interleave(arange(B),
-        num_atoms). lattice: [B, 3, 3] Å, rows = lattice vectors.
-    """
-    n, b = frac_coords.shape[0], num_atoms.shape[0]
-    if frac_coords.dim() != 2 or frac_coords.shape[1] != 3:
-        raise ValueError(f"frac_coords must be [N, 3], got {tuple(frac_coords.shape)}")
-    if atom_types.shape != (n,) or batch.shape != (n,):
-        raise ValueError(
-            f"atom_types and batch must be [N={n}], got {tuple(atom_types.shape)} and {tuple(batch.shape)}"
-        )
-    if num_atoms.dim() != 1 or lattice.shape != (b, 3, 3):
-        raise ValueError(f"num_atoms must be [B] and lattice [B, 3, 3], got {tuple(num_atoms.shape)} "
-                         f"and {tuple(lattice.shape)}")
-    if atom_types.is_floating_point() or num_atoms.is_floating_point() or batch.is_floating_point():
-        raise ValueError("atom_types, num_atoms and batch must be integer tensors")
-    if b == 0:
-        raise ValueError("empty batch: num_atoms has no crystals")
-    counts = torch.bincount(batch.clamp(0, b - 1), minlength=b)
-    batch_ok = ((batch >= 0) & (batch < b)).all() & (counts == num_atoms).all()
-    if n > 1:
-        batch_ok &= (batch[1:] >= batch[:-1]).all()
-    no_max = max_atoms is None
-    bad = torch.stack([
-        (atom_types < 1).any() | (atom_types > max_z).any(),
-        (num_atoms < 1).any() | (num_atoms.sum() != n),
-        (num_atoms > (0 if no_max else max_atoms)).any() & (not no_max),
-        ~torch.isfinite(frac_coords).all() | ~torch.isfinite(lattice).all(),
-        ~batch_ok,
-    ])
-    flags = bad.tolist()  # the one host sync
-    msgs = [
-        f"atom_types must be atomic numbers in 1..{max_z}",
-        "num_atoms must be >= 1 and sum to N",
-        f"num_atoms must be <= max_atoms={max_atoms}",
-        "frac_coords and lattice must be finite",
-        "batch must be the crystal index of each atom (repeat_interleave(arange(B), num_atoms))",
-    ]
-    for flag, msg in zip(flags, msgs):
-        if flag:
-            raise ValueError(msg)
 
 
 # ----------------------------------------------------------------------------------------------

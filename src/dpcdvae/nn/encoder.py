@@ -22,7 +22,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from dpcdvae.nn.dimenet import PeriodicDimeNetPP, check_crystal_inputs
+from dpcdvae.nn.checks import check_crystal_inputs
+from dpcdvae.nn.dimenet import PeriodicDimeNetPP
 from dpcdvae.nn.gine import GINEEncoder
 
 __all__ = ["CrystalEncoder", "VARIANTS", "Variant"]

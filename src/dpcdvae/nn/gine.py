@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from dpcdvae.geometry.graph import PeriodicGraph, radius_graph_pbc
-from dpcdvae.nn.dimenet import check_crystal_inputs
+from dpcdvae.nn.checks import check_crystal_inputs
 from dpcdvae.ops import geometry_dtype, segment_sum
 
 __all__ = ["GINELayer", "GINEEncoder", "segment_max"]
