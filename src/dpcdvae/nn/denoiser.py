@@ -11,6 +11,7 @@ from dpcdvae.geometry.graph import PeriodicGraph, radius_graph_pbc
 from dpcdvae.nn.checks import check_crystal_shapes
 from dpcdvae.nn.embeddings import TimeEmbedding, fourier_features, num_fourier_features
 from dpcdvae.nn.gemnet.model import GemNetT
+from dpcdvae.nn.init import reset_after_build, reset_modules
 
 __all__ = ["DPDenoiser"]
 
@@ -66,6 +67,7 @@ class DPDenoiser(nn.Module):
         emb_size_edge ... scale_init: GemNet-T hyperparameters (:class:`~dpcdvae.nn.gemnet.GemNetT`).
     """
 
+    @reset_after_build
     def __init__(
         self,
         latent_dim: int = 256,
@@ -125,7 +127,6 @@ class DPDenoiser(nn.Module):
         num_phi = num_fourier_features(fourier_min, fourier_max) if self.fourier else 0
 
         self.atom_emb = nn.Embedding(num_types, atom_emb_dim)
-        nn.init.uniform_(self.atom_emb.weight, -(3.0**0.5), 3.0**0.5)
         self.time_emb: TimeEmbedding | None = None
         if conditioning == "dpcdvae":
             self.time_emb = TimeEmbedding(time_dim, 4 * time_dim if time_hidden is None else time_hidden)
@@ -143,6 +144,13 @@ class DPDenoiser(nn.Module):
             envelope_exponent=envelope_exponent, energy_branch=energy_branch, scale_init=scale_init,
         )
         self.type_head = nn.Linear(width, num_types)
+
+    def reset_parameters(self) -> None:
+        """Draw every weight again, in the order the layers are built: the atom embedding U(-sqrt 3,
+        sqrt 3), the time embedding (variance scaling, zero biases), PyTorch's default for the
+        conditioning and type layers, GemNet-T's He-orthogonal init."""
+        nn.init.uniform_(self.atom_emb.weight, -(3.0**0.5), 3.0**0.5)
+        reset_modules(*[m for m in (self.time_emb, self.cond, self.gemnet, self.type_head) if m is not None])
 
     def build_graph(self, frac_coords: Tensor, lattice: Tensor, num_atoms: Tensor) -> PeriodicGraph:
         """The decoder graph (GEMNET.md §1) of wrapped ``frac_coords`` [N, 3] in ``lattice`` [B, 3, 3]."""

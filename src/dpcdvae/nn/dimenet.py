@@ -41,6 +41,7 @@ from torch_geometric.nn.models.dimenet import (
 from dpcdvae.geometry.graph import PeriodicGraph, radius_graph_pbc
 from dpcdvae.geometry.triplets import dimenet_triplets
 from dpcdvae.nn.checks import check_crystal_inputs
+from dpcdvae.nn.init import reset_after_build
 from dpcdvae.ops import acc_dtype, geometry_dtype, segment_mean, segment_sum
 
 __all__ = [
@@ -266,6 +267,7 @@ class PeriodicDimeNetPP(nn.Module):
     table in float64) with autocast disabled; the blocks run under whatever autocast is active.
     """
 
+    @reset_after_build
     def __init__(
         self,
         hidden_channels: int = 128,
@@ -311,6 +313,8 @@ class PeriodicDimeNetPP(nn.Module):
         ])
 
     def reset_parameters(self) -> None:
+        """The PyG blocks' initialisation (glorot-orthogonal, zero or glorot output layers), in the
+        order the blocks are built."""
         self.rbf.reset_parameters()
         self.emb.reset_parameters()
         for block in [*self.output_blocks, *self.interaction_blocks]:

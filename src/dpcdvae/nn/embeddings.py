@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from dpcdvae.nn.gemnet.init import variance_scaling_uniform_
+from dpcdvae.nn.init import reset_after_build
 from dpcdvae.ops import geometry_dtype
 
 __all__ = ["sinusoidal_embedding", "TimeEmbedding", "fourier_features", "num_fourier_features"]
@@ -53,12 +54,15 @@ class TimeEmbedding(nn.Module):
         max_positions: sinusoid base (1e4).
     """
 
+    @reset_after_build
     def __init__(self, dim: int = 128, hidden: int = 512, max_positions: float = 1e4) -> None:
         super().__init__()
         self.dim = dim
         self.max_positions = max_positions
         self.lin1 = nn.Linear(dim, hidden)
         self.lin2 = nn.Linear(hidden, dim)
+
+    def reset_parameters(self) -> None:
         for lin in (self.lin1, self.lin2):
             variance_scaling_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)

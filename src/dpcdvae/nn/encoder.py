@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from dpcdvae.nn.checks import check_crystal_inputs
 from dpcdvae.nn.dimenet import PeriodicDimeNetPP
 from dpcdvae.nn.gine import GINEEncoder
+from dpcdvae.nn.init import reset_after_build, reset_modules
 
 __all__ = ["CrystalEncoder", "VARIANTS", "Variant"]
 
@@ -63,6 +64,7 @@ class CrystalEncoder(nn.Module):
         na_channels: width of the N_a embedding; default D for "dime+na", D // 2 for "dime+na+gine".
     """
 
+    @reset_after_build
     def __init__(
         self,
         variant: Variant = "dime",
@@ -127,6 +129,11 @@ class CrystalEncoder(nn.Module):
         else:
             fc = 2 * out_channels + (self.na_emb.embedding_dim if self.na_emb is not None else 0)
             self.fuse = _mlp([fc, fc, fc, out_channels])
+
+    def reset_parameters(self) -> None:
+        """Draw every weight again, in the order the parts are built: DimeNet++ (PyG's init), GINE,
+        the N_a embedding and the fusion MLP (PyTorch's defaults)."""
+        reset_modules(*[m for m in (self.dimenet, self.gine, self.na_emb, self.fuse) if m is not None])
 
     @classmethod
     def tiny(cls, variant: Variant = "dime", **overrides: Any) -> "CrystalEncoder":

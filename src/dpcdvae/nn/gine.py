@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from dpcdvae.geometry.graph import PeriodicGraph, radius_graph_pbc
 from dpcdvae.nn.checks import check_crystal_inputs
+from dpcdvae.nn.init import reset_modules
 from dpcdvae.ops import geometry_dtype, segment_sum
 
 __all__ = ["GINELayer", "GINEEncoder", "segment_max"]
@@ -101,6 +102,11 @@ class GINEEncoder(nn.Module):
         self.convs = nn.ModuleList([GINELayer(hidden_channels, message_act) for _ in range(num_layers)])
         self.fc = nn.Sequential(nn.Linear(hidden_channels, hidden_channels), nn.ReLU(),
                                 nn.Linear(hidden_channels, out_channels))
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default initialisation of every layer, in the order they are built (the
+        constructor draws exactly these numbers)."""
+        reset_modules(*self.children())
 
     def edge_features(self, dist: Tensor) -> Tensor:
         """dist [E] Å -> [E, hidden]; the first Linear (on the raw distance) runs in fp32."""

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from dpcdvae.nn.gemnet.init import he_orthogonal_
 from dpcdvae.nn.gemnet.layers import INV_SQRT2, Dense, EdgeConcatDense, ResidualLayer
 from dpcdvae.nn.gemnet.scaling import ScaleFactor
+from dpcdvae.nn.init import reset_after_build, reset_modules
 from dpcdvae.ops import segment_sum
 
 __all__ = [
@@ -104,6 +105,7 @@ class TripletInteraction(nn.Module):
         scales: {name: (value, fitted)} initial scale factors.
     """
 
+    @reset_after_build
     def __init__(
         self,
         index: int,
@@ -123,6 +125,10 @@ class TripletInteraction(nn.Module):
         self.scale_cbf_sum = ScaleFactor(f"TripInteraction_{index}_sum_cbf", *scales[f"TripInteraction_{index}_sum_cbf"])
         self.up_projection_ca = Dense(emb_size_bil_trip, emb_size_edge, activation=True)
         self.up_projection_ac = Dense(emb_size_bil_trip, emb_size_edge, activation=True)
+
+    def reset_parameters(self) -> None:
+        """The Dense layers in the order they are built, then the bilinear weight."""
+        reset_modules(*self.children())
         he_orthogonal_(self.bilinear_weight)
 
     def forward(self, m: Tensor, bases: EdgeBases) -> Tensor:

@@ -13,6 +13,7 @@ from dpcdvae.nn.gemnet.blocks import EdgeBases, InteractionBlock, OutputBlock
 from dpcdvae.nn.gemnet.init import he_orthogonal_
 from dpcdvae.nn.gemnet.layers import Dense, EdgeConcatDense
 from dpcdvae.nn.gemnet.scaling import REFERENCE_SCALES, ScaleFactor, scale_factors
+from dpcdvae.nn.init import reset_after_build, reset_modules
 from dpcdvae.ops import geometry_dtype, segment_count, segment_sum
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class GemNetT(nn.Module):
             :func:`~dpcdvae.nn.gemnet.scaling.fit_scale_factors`).
     """
 
+    @reset_after_build
     def __init__(
         self,
         emb_size_atom: int = 128,
@@ -111,7 +113,6 @@ class GemNetT(nn.Module):
         self.mlp_rbf_h = Dense(num_radial, emb_size_rbf, activation=False)
         self.mlp_rbf_out = Dense(num_radial, emb_size_rbf, activation=False)
         self.mlp_cbf3 = nn.Parameter(torch.empty(num_spherical, num_radial, emb_size_cbf))  # W_cbf[l, r, j]
-        he_orthogonal_(self.mlp_cbf3)
 
         self.edge_emb = EdgeConcatDense(emb_size_atom, num_radial, emb_size_edge)
         self.int_blocks = nn.ModuleList(
@@ -123,6 +124,14 @@ class GemNetT(nn.Module):
             OutputBlock(k, emb_size_atom, emb_size_edge, emb_size_rbf, num_atom, energy_branch, scales)
             for k in range(num_blocks + 1)
         )
+
+    def reset_parameters(self) -> None:
+        """Draw every weight again (He-orthogonal, GEMNET.md §6), in the order the layers are built;
+        the scale factors keep their values."""
+        for dense in (self.mlp_rbf3, self.mlp_rbf_h, self.mlp_rbf_out):
+            dense.reset_parameters()
+        he_orthogonal_(self.mlp_cbf3)
+        reset_modules(self.edge_emb, self.int_blocks, self.out_blocks)
 
     def scale_factors(self) -> dict[str, ScaleFactor]:
         """{reference name: ScaleFactor} of this model."""
