@@ -1,4 +1,4 @@
-"""Initial atom types from the composition head (CDVAE's sampling scheme, REFERENCE.md §2).
+"""Initial atom types from the composition head (CDVAE's sampling scheme, docs/REFERENCE.md §2.1).
 
 Per crystal b with N_b atoms and mean composition probabilities p_b [100]:
   1. counts = round(p_b * N_b) for every element;

@@ -1,6 +1,6 @@
 """``evaluate_gen``: CDVAE generation metrics of any set of crystals against a dataset split.
 
-Metrics (CDVAE GenEval, REFERENCE.md section 2): validity (comp / struct / both, over ALL crystals;
+Metrics (CDVAE GenEval, docs/REFERENCE.md §2.2-§2.4): validity (comp / struct / both, over ALL crystals;
 a fingerprint failure makes a crystal invalid), COV-R / COV-P and AMSD / AMCD against the test split,
 comp_div / struct_div and Wasserstein distances of density (g/cm^3), number of elements and the
 property (formation energy; needs a property-model checkpoint) between ``n_wdist`` random valid

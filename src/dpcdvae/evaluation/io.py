@@ -140,7 +140,7 @@ def build_structure(item: CrystalInput) -> tuple[Any, str | None]:
 
 
 def read_samples_pt(path: Path) -> LoadedCrystals:
-    """Read a ``samples.pt`` (ARCHITECTURE.md "Sample folder") with ``weights_only=True``."""
+    """Read a ``samples.pt`` (docs/ARCHITECTURE.md "Sample folder") with ``weights_only=True``."""
     from dpcdvae.safeload import load_weights_only
 
     data = load_weights_only(path, "samples file")

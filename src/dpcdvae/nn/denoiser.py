@@ -1,4 +1,4 @@
-"""DP-CDVAE denoiser: conditioned atom features -> GemNet-T -> (eps, type logits) (GEMNET.md §4)."""
+"""DP-CDVAE denoiser: conditioned atom features -> GemNet-T -> (eps, type logits) (docs/GEMNET.md §4)."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ class DPDenoiser(nn.Module):
         reset_modules(*[m for m in (self.time_emb, self.cond, self.gemnet, self.type_head) if m is not None])
 
     def build_graph(self, frac_coords: Tensor, lattice: Tensor, num_atoms: Tensor) -> PeriodicGraph:
-        """The decoder graph (GEMNET.md §1) of wrapped ``frac_coords`` [N, 3] in ``lattice`` [B, 3, 3]."""
+        """The decoder graph (docs/GEMNET.md §1) of wrapped ``frac_coords`` [N, 3] in ``lattice`` [B, 3, 3]."""
         return radius_graph_pbc(frac_coords, lattice, num_atoms, self.cutoff, self.max_neighbors,
                                 self.images, self.symmetrize)
 

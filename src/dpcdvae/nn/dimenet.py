@@ -1,4 +1,4 @@
-"""Periodic DimeNet++ crystal encoder (GEMNET.md §8-9).
+"""Periodic DimeNet++ crystal encoder (docs/GEMNET.md §8-9).
 
 The network blocks are PyG's (``torch_geometric.nn.models.dimenet``: ``BesselBasisLayer``,
 ``EmbeddingBlock``, ``InteractionPPBlock``, ``OutputPPBlock``, ``ResidualLayer``), fed with periodic
@@ -146,7 +146,7 @@ class SphericalBasis(nn.Module):
     sbf[l, n] = u(d_kj/c) * N_ln * j_l(z_ln d_kj/c) * Y_l0(cos theta), flattened l-major to S*R.
 
     z_ln is the n-th root of j_l and N_ln = sqrt(2)/|j_{l+1}(z_ln)|. The radial table is evaluated
-    per edge in float64 (GEMNET.md §8) and cast to the dtype of ``dist``.
+    per edge in float64 (docs/GEMNET.md §8) and cast to the dtype of ``dist``.
     """
 
     def __init__(self, num_spherical: int, num_radial: int, cutoff: float, envelope_exponent: int = 5):

@@ -1,4 +1,4 @@
-"""Time and position embeddings of the DP-CDVAE denoiser (GEMNET.md §4.1, REFERENCE.md §3).
+"""Time and position embeddings of the DP-CDVAE denoiser (docs/GEMNET.md §4.1, docs/REFERENCE.md §3.3).
 
 Both are fp32 islands (autocast off): the sinusoid arguments are too large for bf16.
 """

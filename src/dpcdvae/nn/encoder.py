@@ -1,6 +1,6 @@
 """Crystal encoders of DP-CDVAE: DimeNet++, optionally fused with GINE and an atom-count embedding.
 
-Variants (REFERENCE.md §3, DP-CDVAE ``DimeNetppEncoder`` / ``DimeNaEncoder`` / ``DimeGINEncoder`` /
+Variants (docs/REFERENCE.md §3.4, DP-CDVAE ``DimeNetppEncoder`` / ``DimeNaEncoder`` / ``DimeGINEncoder`` /
 ``DimeGINNaEncoder``), with D = ``out_channels`` (256):
 
 * ``"dime"``: the periodic DimeNet++ crystal vector, [B, D].

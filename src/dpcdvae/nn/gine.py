@@ -1,4 +1,4 @@
-"""GINE crystal encoder of DP-CDVAE's DimeGIN / DimeGINNa variants (REFERENCE.md §3).
+"""GINE crystal encoder of DP-CDVAE's DimeGIN / DimeGINNa variants (docs/REFERENCE.md §3.4).
 
 Node features: ``Embedding(100, hidden)`` of Z - 1. Edge features: the periodic distance (Å) through
 an MLP 1 -> hidden -> hidden (ReLU). Three GINE layers with sum aggregation

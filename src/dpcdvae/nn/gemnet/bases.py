@@ -1,6 +1,6 @@
-"""GemNet-T bases (GEMNET.md §3): polynomial envelope, Gaussian radial basis, Legendre Y_l^0.
+"""GemNet-T bases (docs/GEMNET.md §3): polynomial envelope, Gaussian radial basis, Legendre Y_l^0.
 
-Every function here is an fp32 island (GEMNET.md §11): it runs with autocast disabled and computes
+Every function here is an fp32 island (docs/GEMNET.md §11): it runs with autocast disabled and computes
 in fp32, or in fp64 when its input is fp64 (for gradcheck). Nothing here has parameters.
 """
 

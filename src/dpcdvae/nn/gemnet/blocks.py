@@ -1,9 +1,9 @@
-"""GemNet-T blocks (GEMNET.md §4.4-§4.7): triplet interaction, atom update, interaction, output.
+"""GemNet-T blocks (docs/GEMNET.md §4.4-§4.7): triplet interaction, atom update, interaction, output.
 
 The blocks read the per-forward shared tensors from an :class:`EdgeBases` built once by
 :class:`~dpcdvae.nn.gemnet.model.GemNetT` (bases, projections, the padded triplet layout).
 
-Padded triplet layout ("atom-padded", a variant of GEMNET.md §10's I_pad layout). A GemNet-T triplet is
+Padded triplet layout ("atom-padded", a variant of docs/GEMNET.md §10's I_pad layout). A GemNet-T triplet is
 an ordered pair of distinct edges (b->a, c->a) entering the same atom a. With edges sorted by target,
 the edges entering a occupy slots 0..deg_a-1 of a row of width D >= max in-degree, so every triplet of
 atom a is a pair (i, j), i != j, of slots of that row. The angular factors are stored once as
@@ -39,7 +39,7 @@ __all__ = [
 
 @dataclass
 class EdgeBases:
-    """Per-forward tensors shared by all blocks (GEMNET.md §4.2).
+    """Per-forward tensors shared by all blocks (docs/GEMNET.md §4.2).
 
     Attributes:
         src, dst, id_swap: [E] int64 (dst ascending).
@@ -70,7 +70,7 @@ class EdgeBases:
 
 
 def triplet_bilinear(y: Tensor, weight: Tensor, bases: EdgeBases) -> Tensor:
-    """z_e[o] = sum_{tau: ca(tau)=e} sum_{j,i} W[i, j, o] c_tau[j] y_{ba(tau)}[i] (GEMNET.md §4.5 e).
+    """z_e[o] = sum_{tau: ca(tau)=e} sum_{j,i} W[i, j, o] c_tau[j] y_{ba(tau)}[i] (docs/GEMNET.md §4.5).
 
     With c_tau[j] = sum_l Y_l(phi_tau) P_e[l, j]. Evaluated as S_e = sum_tau Y_tau (x) y_tau (one bmm in
     the atom-padded layout), Q_e = P_e^T S_e (bmm), z = flatten(Q) W' (one GEMM, W' = W permuted to
@@ -96,7 +96,7 @@ def triplet_bilinear(y: Tensor, weight: Tensor, bases: EdgeBases) -> Tensor:
 
 
 class TripletInteraction(nn.Module):
-    """GEMNET.md §4.5: m [E, H] -> x3 [E, H].
+    """docs/GEMNET.md §4.5: m [E, H] -> x3 [E, H].
 
     Args:
         index: 1-based block index (names the scale factors).
@@ -150,7 +150,7 @@ def _atom_mlp(emb_size_edge: int, emb_size_atom: int, num_layers: int) -> nn.Seq
 
 
 class AtomUpdate(nn.Module):
-    """GEMNET.md §4.6: q_i = s * sum_{e -> i} m_e * (rbf_h W_h)_e, then Dense(H->A) and Res(A) x num_atom.
+    """docs/GEMNET.md §4.6: q_i = s * sum_{e -> i} m_e * (rbf_h W_h)_e, then Dense(H->A) and Res(A) x num_atom.
 
     Args:
         name: scale-factor name (``"AtomUpdate_i_sum"`` or ``"OutBlock_k_sum"``).
@@ -173,7 +173,7 @@ class AtomUpdate(nn.Module):
 
 
 class InteractionBlock(nn.Module):
-    """GEMNET.md §4.4: (h [N, A], m [E, H]) -> (h, m)."""
+    """docs/GEMNET.md §4.4: (h [N, A], m [E, H]) -> (h, m)."""
 
     def __init__(
         self,
@@ -215,7 +215,7 @@ class InteractionBlock(nn.Module):
 
 
 class OutputBlock(nn.Module):
-    """GEMNET.md §4.7: per-edge scalar F^(k)_e from m [E, H].
+    """docs/GEMNET.md §4.7: per-edge scalar F^(k)_e from m [E, H].
 
     The vector branch: g = Res^num_atom(Dense(m)); g = s * (g * rbf_out W_F); F = w_F^T g.
     With ``energy_branch`` the reference's per-atom energy branch (Dense(D_rbf->H), a sum scale factor,

@@ -1,6 +1,6 @@
 """GemNet-T building layers: ScaledSiLU, bias-free Dense, residual layer, split-weight concat layer.
 
-All weights are He-orthogonal initialised (GEMNET.md §6). Matmuls run in the autocast dtype when
+All weights are He-orthogonal initialised (docs/GEMNET.md §6). Matmuls run in the autocast dtype when
 autocast is on; nothing in this file needs fp32.
 """
 
@@ -77,7 +77,7 @@ class ResidualLayer(nn.Module):
 class EdgeConcatDense(nn.Module):
     """m'_e = ScaledSiLU(W [h_src(e) | h_dst(e) | x_e]) with one bias-free weight W [out, 2A + D].
 
-    The product is evaluated split by input block (GEMNET.md §10): the two atom blocks are
+    The product is evaluated split by input block (docs/GEMNET.md §10): the two atom blocks are
     multiplied on the N atom rows in one GEMM and then gathered per edge, so the per-edge GEMM is only
     ``D -> out``. The stored weight and its He-orthogonal init are those of the unsplit layer.
 

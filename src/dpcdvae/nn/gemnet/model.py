@@ -1,4 +1,4 @@
-"""GemNet-T core for periodic crystals (GEMNET.md §3-§4), direct vector output, no energy gradient."""
+"""GemNet-T core for periodic crystals (docs/GEMNET.md §3-§4), direct vector output, no energy gradient."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class GemNetT(nn.Module):
             for parameter-count / state-dict parity (it is never evaluated; 1.87 M parameters per block
             at A = 548, plus 4 ``OutBlock_k_sum`` scale factors).
         scale_init: ``"reference"`` initialises the scale factors with the reference constants
-            (GEMNET.md §5; marked fitted); names absent from the table (more than 3 blocks) start at 1
+            (docs/GEMNET.md §5; marked fitted); names absent from the table (more than 3 blocks) start at 1
             unfitted. ``"ones"``: all start at 1, unfitted (fit them with
             :func:`~dpcdvae.nn.gemnet.scaling.fit_scale_factors`).
     """
@@ -108,7 +108,7 @@ class GemNetT(nn.Module):
                   for n in names}
 
         self.radial_basis = GaussianRBF(num_radial, cutoff, envelope_exponent)
-        # Shared projections of the radial basis (GEMNET.md §4.2), evaluated as one fused GEMM.
+        # Shared projections of the radial basis (docs/GEMNET.md §4.2), evaluated as one fused GEMM.
         self.mlp_rbf3 = Dense(num_radial, emb_size_rbf, activation=False)
         self.mlp_rbf_h = Dense(num_radial, emb_size_rbf, activation=False)
         self.mlp_rbf_out = Dense(num_radial, emb_size_rbf, activation=False)
@@ -126,7 +126,7 @@ class GemNetT(nn.Module):
         )
 
     def reset_parameters(self) -> None:
-        """Draw every weight again (He-orthogonal, GEMNET.md §6), in the order the layers are built;
+        """Draw every weight again (He-orthogonal, docs/GEMNET.md §6), in the order the layers are built;
         the scale factors keep their values."""
         for dense in (self.mlp_rbf3, self.mlp_rbf_h, self.mlp_rbf_out):
             dense.reset_parameters()
@@ -138,7 +138,7 @@ class GemNetT(nn.Module):
         return scale_factors(self)
 
     def edge_bases(self, graph: PeriodicGraph, width: int | None = None) -> tuple[EdgeBases, Tensor]:
-        """Per-forward shared tensors (GEMNET.md §4.2) and unit edge vectors u [E, 3].
+        """Per-forward shared tensors (docs/GEMNET.md §4.2) and unit edge vectors u [E, 3].
 
         Geometry, bases and the angular table are computed with autocast off in fp32 (fp64 for fp64
         graphs); the rbf projections run in the autocast dtype.
