@@ -148,7 +148,9 @@ class DPDenoiser(nn.Module):
     def reset_parameters(self) -> None:
         """Draw every weight again, in the order the layers are built: the atom embedding U(-sqrt 3,
         sqrt 3), the time embedding (variance scaling, zero biases), PyTorch's default for the
-        conditioning and type layers, GemNet-T's He-orthogonal init."""
+        conditioning and type layers, GemNet-T's He-orthogonal init. The atom embedding first draws
+        PyTorch's default, as when it is built, so that a seed gives the weights it always gave."""
+        self.atom_emb.reset_parameters()
         nn.init.uniform_(self.atom_emb.weight, -(3.0**0.5), 3.0**0.5)
         reset_modules(*[m for m in (self.time_emb, self.cond, self.gemnet, self.type_head) if m is not None])
 

@@ -41,7 +41,6 @@ from torch_geometric.nn.models.dimenet import (
 from dpcdvae.geometry.graph import PeriodicGraph, radius_graph_pbc
 from dpcdvae.geometry.triplets import dimenet_triplets
 from dpcdvae.nn.checks import check_crystal_inputs
-from dpcdvae.nn.init import reset_after_build
 from dpcdvae.ops import acc_dtype, geometry_dtype, segment_mean, segment_sum
 
 __all__ = [
@@ -267,7 +266,6 @@ class PeriodicDimeNetPP(nn.Module):
     table in float64) with autocast disabled; the blocks run under whatever autocast is active.
     """
 
-    @reset_after_build
     def __init__(
         self,
         hidden_channels: int = 128,
@@ -291,7 +289,9 @@ class PeriodicDimeNetPP(nn.Module):
         output_initializer: Literal["zeros", "glorot_orthogonal"] = "zeros",
         output_lin_up_bias: bool = True,
     ):
+        build_args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        self._build_args = build_args  # for reset_parameters
         if triplet_exclusion not in ("edge", "atom"):
             raise ValueError(f"triplet_exclusion must be 'edge' or 'atom', got {triplet_exclusion!r}")
         self.cutoff, self.max_neighbors, self.max_z = float(cutoff), max_neighbors, max_z
@@ -313,12 +313,17 @@ class PeriodicDimeNetPP(nn.Module):
         ])
 
     def reset_parameters(self) -> None:
-        """The PyG blocks' initialisation (glorot-orthogonal, zero or glorot output layers), in the
-        order the blocks are built."""
-        self.rbf.reset_parameters()
-        self.emb.reset_parameters()
-        for block in [*self.output_blocks, *self.interaction_blocks]:
-            block.reset_parameters()
+        """Draw every weight again exactly as the constructor does (same seed -> same weights).
+
+        PyG's blocks draw their weights while they are built (PyTorch's default init of each Linear,
+        then PyG's glorot-orthogonal / zero init; the embedding and output blocks replace a layer
+        after that), so the only way to repeat those draws is to build a fresh copy, which is done
+        here on the CPU; its parameters are copied in (the constant tables are buffers, kept).
+        """
+        fresh = dict(PeriodicDimeNetPP(**self._build_args).named_parameters())
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                p.copy_(fresh[name])
 
     def build_graph(self, frac_coords: Tensor, lattice: Tensor, num_atoms: Tensor) -> PeriodicGraph:
         """Periodic radius graph with this model's cutoff / cap / image / symmetrisation settings."""

@@ -63,6 +63,10 @@ class TimeEmbedding(nn.Module):
         self.lin2 = nn.Linear(hidden, dim)
 
     def reset_parameters(self) -> None:
+        """Variance-scaling weights, zero biases. PyTorch's default init runs first, as when the layers
+        are built, so that a seed gives the weights it always gave."""
+        for lin in (self.lin1, self.lin2):
+            lin.reset_parameters()
         for lin in (self.lin1, self.lin2):
             variance_scaling_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)

@@ -9,6 +9,9 @@ weights ``reset_parameters()`` gives::
     torch.manual_seed(s); b.reset_parameters()   # b: any Block(...) of the same arguments
     # a and b now hold identical parameters
 
+To keep the weights a seed gave before, ``reset_parameters()`` also repeats draws that are
+overwritten (PyTorch's default init of a layer whose weights the block then re-draws).
+
 A decorated block built inside another one's constructor skips its own ``reset_parameters()``
 (the outer block's ``reset_parameters()`` initialises it, and the outer build's draws are undone
 anyway), so nesting costs one initialisation, not one per level. Buffers that are not drawn
