@@ -19,6 +19,7 @@ def demo(source: Path | str | None, out: Path | str = "demo_out", minutes: float
          steps: int = 100, device: str = "auto", workers: int = 2, progress: bool = True) -> dict:
     """Run the demo end to end and return the generation metrics (also in ``out/metrics.json``)."""
     from dpcdvae.data.prepare import prepare_dataset
+    from dpcdvae.data.source import resolve_source
     from dpcdvae.evaluation.gen import evaluate_gen
     from dpcdvae.models.train import train
     from dpcdvae.sampling.run import resolve_device, sample
@@ -26,6 +27,8 @@ def demo(source: Path | str | None, out: Path | str = "demo_out", minutes: float
     out = Path(out)
     cache = out / "cache"
     dev = resolve_device(device)
+    # one source for preparing and evaluating (a downloaded copy lands in <out>/cache/raw)
+    source = resolve_source(source, "perov_5", download_to=cache / "raw")
     if not (cache / "perov_5" / "test.pt").exists():
         rep = prepare_dataset("perov_5", source, cache, workers=workers, progress=progress)
         print(f"[demo] prepared perov_5: {rep}")
@@ -42,7 +45,7 @@ def demo(source: Path | str | None, out: Path | str = "demo_out", minutes: float
     sres = sample(run / "model.pt", n_samples, samples, steps=steps, device=str(dev), resume=(samples / "run.json").exists(),
                   progress=progress)
     print(f"[demo] generated {sres.num_crystals} crystals ({sres.crystals_per_s:.1f}/s) -> {samples}/cif/")
-    metrics = evaluate_gen(samples, "perov_5", source=Path(source) if source else None, out=out / "metrics.json",
+    metrics = evaluate_gen(samples, "perov_5", source=source, out=out / "metrics.json",
                            report_dir=out / "report", workers=workers, cache_dir=cache,
                            n_wdist=min(1000, n_samples), progress=progress)
     print(f"[demo] metrics -> {out / 'metrics.json'}, report -> {out / 'report' / 'report.md'}")

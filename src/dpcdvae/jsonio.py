@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from dpcdvae.atomic import atomic_write_text
+
 __all__ = ["to_strict", "dumps_strict", "write_json"]
 
 
@@ -43,8 +45,5 @@ def dumps_strict(obj: Any, indent: int | None = 2, default: Callable[[Any], Any]
 
 
 def write_json(path: Path | str, obj: Any, indent: int | None = 2, default: Callable[[Any], Any] | None = None) -> Path:
-    """Write strict JSON (plus a newline) to ``path``, creating its folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps_strict(obj, indent=indent, default=default) + "\n")
-    return path
+    """Write strict JSON (plus a newline) to ``path`` atomically, creating its folder."""
+    return atomic_write_text(Path(path), dumps_strict(obj, indent=indent, default=default) + "\n")

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dpcdvae.data.atomic import atomic_write
+from dpcdvae.atomic import atomic_torch_save
 from dpcdvae.data.batch import CrystalBatch
 from dpcdvae.data.scalers import Scalers, load_scalers_file
 
@@ -53,7 +53,7 @@ def scalers_path(cache_dir: Path, dataset: str) -> Path:
 
 def save_split_dict(path: Path, data: dict) -> Path:
     """Atomically ``torch.save`` a split dict (temporary file in the same folder + os.replace)."""
-    return atomic_write(Path(path), lambda fh: torch.save(data, fh))
+    return atomic_torch_save(path, data)
 
 
 def load_split_dict(path: Path) -> dict:

@@ -51,13 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_check_graph)
 
 
-def _source(arg: str | None) -> str:
-    src = arg or os.environ.get("DPCDVAE_DATA")
-    if not src:
-        raise DPCDVAEError("no data source: pass --source DIR or set DPCDVAE_DATA")
-    return src
-
-
 def _prepare(args: argparse.Namespace) -> int:
     from dpcdvae.data.cache import resolve_cache_dir
     from dpcdvae.data.prepare import prepare_dataset
@@ -83,10 +76,11 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _check_graph(args: argparse.Namespace) -> int:
     from dpcdvae.data.graph_check import check_graph
+    from dpcdvae.data.source import resolve_source
 
     if args.limit is not None and args.limit < 1:
         raise DPCDVAEError(f"--limit must be >= 1, got {args.limit}")
-    result = check_graph(_source(args.source), args.dataset, args.split, args.limit, args.cutoff,
+    result = check_graph(resolve_source(args.source, args.dataset), args.dataset, args.split, args.limit, args.cutoff,
                          device=args.device)
     for line in result.lines():
         print(line)

@@ -2,9 +2,9 @@
 
 The public CSVs live in github txie-93/cdvae under ``data/<name>/<split>.csv``. For every split we
 record the row count of CDVAE's file and the first 8 hex digits of its git blob id
-(``sha1(b"blob <len>\\0" + content)``), which is what the repository's tree lists. Where the copy in
-our shared data folder is byte-identical to CDVAE's file (after gunzip; see the data folder's
-PROVENANCE.md) we also record its full sha256, computed from that copy.
+(``sha1(b"blob <len>\\0" + content)``), which is what the repository's tree lists. Where a local
+copy was checked to be byte-identical to CDVAE's file (after gunzip) we also record its full
+sha256, computed from that copy.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from dpcdvae.errors import DPCDVAEError
-from dpcdvae.data.atomic import atomic_write_bytes
+from dpcdvae.atomic import atomic_write_bytes
 from dpcdvae.data.datasets import CDVAE_BASE_URL, SPLITS, SplitInfo, get_dataset
 
 

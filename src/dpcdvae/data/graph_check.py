@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from dpcdvae.data.datasets import get_dataset
-from dpcdvae.data.prepare import find_split_file, read_split_csv
+from dpcdvae.data.prepare import read_split_csv
+from dpcdvae.data.source import find_split_file
 from dpcdvae.data.structures import BadRow, preprocess_cif, structure_arrays, wrap_frac
 
 

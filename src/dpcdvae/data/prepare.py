@@ -8,7 +8,6 @@ Reads ``<source>/<dataset>/<split>.csv[.gz]`` with pandas, preprocesses the CIFs
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -17,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpcdvae.data.atomic import atomic_write_text
+from dpcdvae.atomic import atomic_write_text
 from dpcdvae.data.cache import CACHE_VERSION, save_split_dict, scalers_path, split_path
 from dpcdvae.data.datasets import SPLITS, get_dataset, train_label
 from dpcdvae.data.scalers import fit_scalers, save_scalers
+from dpcdvae.data.source import find_split_file, resolve_source
 from dpcdvae.data.structures import ChunkResult, process_chunk, wrap_frac
 from dpcdvae.jsonio import dumps_strict
 
@@ -73,29 +73,6 @@ class PrepareReport:
             out.append(f"{self.label}: scalers fitted on '{self.train_split}' -> "
                        f"{scalers_path(Path(self.cache_dir), self.dataset)}")
         return out
-
-
-def find_split_file(source: Path, dataset: str, split: str) -> Path | None:
-    """``<source>/<dataset>/<split>.csv`` or ``.csv.gz``, whichever exists (plain CSV first)."""
-    for name in (f"{split}.csv", f"{split}.csv.gz"):
-        path = Path(source) / dataset / name
-        if path.is_file():
-            return path
-    return None
-
-
-def resolve_source(source: Path | str | None, dataset: str, cache_dir: Path, splits: tuple[str, ...]) -> Path:
-    """``source``, else ``$DPCDVAE_DATA``, else download CDVAE's CSVs into ``<cache_dir>/raw``."""
-    if source is None and os.environ.get("DPCDVAE_DATA"):
-        source = os.environ["DPCDVAE_DATA"]
-    if source is not None:
-        root = Path(source).expanduser()
-        if not (root / dataset).is_dir():
-            raise FileNotFoundError(f"no folder {root / dataset} (expected {dataset}/<split>.csv[.gz] under {root})")
-        return root
-    from dpcdvae.data.download import download_dataset
-
-    return download_dataset(dataset, Path(cache_dir) / "raw", splits=splits)
 
 
 def read_split_csv(path: Path, prop_names: list[str], limit: int | None = None) -> tuple[list, list[str], np.ndarray, list[str]]:
@@ -201,7 +178,7 @@ def prepare_dataset(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     cache_dir = Path(cache_dir).expanduser()
-    root = resolve_source(source, dataset, cache_dir, splits)
+    root = resolve_source(source, dataset, download_to=cache_dir / "raw", splits=splits)
     label = train_label(dataset, train_split)
     report = PrepareReport(dataset, label, train_split, str(root), str(cache_dir))
     out_dir = cache_dir / dataset

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dpcdvae.data.atomic import atomic_write_text
+from dpcdvae.atomic import atomic_write_text
 from dpcdvae.jsonio import dumps_strict
 
 EPS = 1e-5

@@ -27,6 +27,7 @@ from torch import Tensor
 from dpcdvae.diffusion.respace import SamplerPlan, make_plan
 from dpcdvae.diffusion.schedule import DiffusionSchedule
 from dpcdvae.geometry.lattice import wrap
+from dpcdvae.ops import segment_mean
 
 __all__ = [
     "wrap", "crystal_mean", "remove_crystal_mean", "sample_timesteps", "q_sample", "noise_atom_types",
@@ -43,9 +44,7 @@ Callback = Callable[[int, int, Tensor, Any], None]
 # per-crystal helpers
 def crystal_mean(x: Tensor, batch: Tensor, num_crystals: int) -> Tensor:
     """Per-crystal mean [B, D] of x [N, D] (crystals without atoms get 0)."""
-    sums = x.new_zeros(num_crystals, x.shape[1]).index_add_(0, batch, x)
-    counts = x.new_zeros(num_crystals).index_add_(0, batch, x.new_ones(batch.shape[0])).clamp(min=1)
-    return sums / counts.unsqueeze(1)
+    return segment_mean(x, batch, num_crystals)
 
 
 def remove_crystal_mean(x: Tensor, batch: Tensor, num_crystals: int) -> Tensor:

@@ -1,6 +1,6 @@
 """Noise schedules of DP-CDVAE: the coordinate DDPM schedule and the atom-type sigmas.
 
-Coordinate schedule (REFERENCE.md §3 "Diffusion"): T = ``num_steps`` levels indexed t = 0..T-1,
+Coordinate schedule (docs/REFERENCE.md §3.1): T = ``num_steps`` levels indexed t = 0..T-1,
 
     beta_t = sigmoid(linspace(-10, 6, T)_t) * (beta_end - beta_start) + beta_start,
     alpha_t = 1 - beta_t.

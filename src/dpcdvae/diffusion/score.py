@@ -1,7 +1,7 @@
 """CDVAE's coordinate process: Cartesian noise-conditional score matching + annealed Langevin dynamics.
 
 Network-free (like :mod:`dpcdvae.diffusion.ddpm`): the sampler takes a ``net_fn`` callback, so it is
-tested with exact scores. REFERENCE.md §1-2 (CDVAE, Xie et al. 2022):
+tested with exact scores. docs/REFERENCE.md §1-§2 (CDVAE, Xie et al. 2022):
 
 - Noise levels: L = 50 geometric sigmas from ``sigma_max`` = 10 Å down to ``sigma_min`` = 0.01 Å. Here
   the table is stored ASCENDING, ``sigmas[t]`` for t = 0..L-1, so that the level index t grows with

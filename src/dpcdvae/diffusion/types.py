@@ -1,4 +1,4 @@
-"""Initial atom types from the composition head (CDVAE's sampling scheme, REFERENCE.md §2).
+"""Initial atom types from the composition head (CDVAE's sampling scheme, docs/REFERENCE.md §2.1).
 
 Per crystal b with N_b atoms and mean composition probabilities p_b [100]:
   1. counts = round(p_b * N_b) for every element;
@@ -14,14 +14,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dpcdvae.ops import segment_count, segment_mean
+
 
 def mean_composition(composition_probs: Tensor, batch: Tensor, num_crystals: int) -> Tensor:
     """Per-crystal mean [B, K] of per-atom probabilities [N, K]."""
-    sums = composition_probs.new_zeros(num_crystals, composition_probs.shape[1])
-    sums.index_add_(0, batch, composition_probs)
-    counts = composition_probs.new_zeros(num_crystals).index_add_(
-        0, batch, composition_probs.new_ones(batch.shape[0]))
-    return sums / counts.clamp(min=1).unsqueeze(1)
+    return segment_mean(composition_probs, batch, num_crystals)
 
 
 def sample_composition_types(
@@ -82,7 +80,7 @@ def sample_composition_types(
     order = torch.argsort(keys)
     order = order[torch.argsort(c[order], stable=True)]
     z, c = z[order], c[order]
-    size = torch.zeros(num_crystals, dtype=torch.long, device=device).index_add_(0, c, torch.ones_like(c))
+    size = segment_count(c, num_crystals)
     start = torch.cumsum(size, 0) - size
     rank = torch.arange(z.shape[0], device=device) - start[c]
     return z[rank < num_atoms[c]]

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dpcdvae.atomic import atomic_write
 from dpcdvae.data.cache import resolve_cache_dir  # noqa: F401  (one rule for every cache)
 from dpcdvae.jsonio import dumps_strict
 
@@ -37,11 +37,8 @@ def table_path(cache_dir: Path, dataset: str, split: str, key: str) -> Path:
 
 def save_table(path: Path, table: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write atomically (temp file + rename) so parallel runs never read a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, __meta__=np.array(dumps_strict(meta, indent=None)), **table)
-    os.replace(tmp, path)
+    meta_arr = np.array(dumps_strict(meta, indent=None))
+    atomic_write(path, lambda fh: np.savez_compressed(fh, __meta__=meta_arr, **table))
 
 
 def load_table(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:

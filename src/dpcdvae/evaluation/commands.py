@@ -102,6 +102,11 @@ def _check(args: argparse.Namespace) -> None:
         raise DPCDVAEError(f"--workers must be >= 1, got {args.workers}")
 
 
+def _print_warnings(result: dict) -> None:
+    for warn in result.get("warnings", []):
+        print(f"warning: {warn}", file=sys.stderr)
+
+
 def _recon(args: argparse.Namespace) -> int:
     from dpcdvae.evaluation.recon import evaluate_recon
 
@@ -113,8 +118,7 @@ def _recon(args: argparse.Namespace) -> int:
     print(f"match_rate {res['match_rate']:.4f}  rms_dist {res['rms_dist'] if res['rms_dist'] is None else round(res['rms_dist'], 4)}"
           f"  valid {res['validity']['valid']:.4f}  ({res['n_pred']} predictions, {res['n_gt']} ground truth) "
           f"-> {args.out}")
-    for warn in res.get("warnings", []):
-        print(f"warning: {warn}", file=sys.stderr)
+    _print_warnings(res)
     return 0
 
 
@@ -142,8 +146,7 @@ def _gen(args: argparse.Namespace) -> int:
     print(f"valid {f(v['valid'])} (comp {f(v['comp_valid'])}, struct {f(v['struct_valid'])})  "
           f"COV-R {f(c['cov_recall'])}  COV-P {f(c['cov_precision'])}  W(rho) {f(w['wdist_density'])}  "
           f"W(#elem) {f(w['wdist_num_elems'])}  W(E) {f(w['wdist_prop'])}  -> {args.out}")
-    for warn in res.get("warnings", []):
-        print(f"warning: {warn}", file=sys.stderr)
+    _print_warnings(res)
     return 0
 
 

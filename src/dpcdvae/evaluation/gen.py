@@ -1,6 +1,6 @@
 """``evaluate_gen``: CDVAE generation metrics of any set of crystals against a dataset split.
 
-Metrics (CDVAE GenEval, REFERENCE.md section 2): validity (comp / struct / both, over ALL crystals;
+Metrics (CDVAE GenEval, docs/REFERENCE.md §2.2-§2.4): validity (comp / struct / both, over ALL crystals;
 a fingerprint failure makes a crystal invalid), COV-R / COV-P and AMSD / AMCD against the test split,
 comp_div / struct_div and Wasserstein distances of density (g/cm^3), number of elements and the
 property (formation energy; needs a property-model checkpoint) between ``n_wdist`` random valid
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from dpcdvae.atomic import atomic_write
 from dpcdvae.evaluation.io import CrystalInput
 from dpcdvae.evaluation.worker import EvalOptions, LazyPool
 from dpcdvae.jsonio import write_json as write_strict_json
@@ -183,11 +184,7 @@ def property_wdist(prop_ckpt: Path | None, gen: dict[str, np.ndarray], rows: np.
     if gt_p is None:
         gt_p = _predict(prop_ckpt, gt, gt_rows, device)
         if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f".{cache_file.name}.tmp")
-            with open(tmp, "wb") as fh:
-                np.save(fh, gt_p, allow_pickle=False)
-            tmp.replace(cache_file)
+            atomic_write(cache_file, lambda fh: np.save(fh, gt_p, allow_pickle=False))
     return ({"wdist_prop": wasserstein(gen_p, gt_p), "prop_ckpt": str(prop_ckpt), "gt_predictions_cached": cached},
             gen_p, gt_p)
 

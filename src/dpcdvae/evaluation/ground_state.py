@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from dpcdvae.atomic import atomic_savefig, atomic_write_text
 from dpcdvae.jsonio import dumps_strict
 
 RESULTS = "results.jsonl"
@@ -260,7 +261,7 @@ def _plot_hist(path: Path, dh: np.ndarray, pressure_gpa: float) -> None:
     ax.set_xlabel(f"ΔH = H(generated) − H(relaxed) at {pressure_gpa:g} GPa (meV/atom)")
     ax.set_ylabel("number of structures")
     ax.set_title(f"CHGNet relaxation, n = {dh.size} converged, 64 meV/atom bins", fontsize=9)
-    fig.savefig(path, dpi=110)
+    atomic_savefig(path, fig, dpi=110)
 
 
 def _read_done(path: Path) -> dict[int, dict[str, Any]]:
@@ -277,14 +278,8 @@ def _read_done(path: Path) -> dict[int, dict[str, Any]]:
         except (ValueError, KeyError, TypeError):
             continue
     if len(done) != len(lines) or (text and not text.endswith("\n")):
-        _write_atomic(path, "".join(dumps_strict(r, indent=None) + "\n" for r in done.values()))
+        atomic_write_text(path, "".join(dumps_strict(r, indent=None) + "\n" for r in done.values()))
     return done
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def evaluate_ground_state(samples: Path | str, out: Path | str, pressure_gpa: float = 10.0, n: int | None = None, *,
@@ -344,7 +339,7 @@ def evaluate_ground_state(samples: Path | str, out: Path | str, pressure_gpa: fl
     workers = int(workers) if workers is not None else (1 if device == "cuda" else cpu)
 
     (out / "relaxed").mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / SETTINGS, dumps_strict(settings) + "\n")
+    atomic_write_text(out / SETTINGS, dumps_strict(settings) + "\n")
     wanted = set(sel.tolist())
     done = {i: r for i, r in _read_done(out / RESULTS).items() if i in wanted}
     relax = RelaxSettings(float(pressure_gpa), float(fmax), int(max_steps), float(timeout_s), optimizer, device)
@@ -394,7 +389,7 @@ def _run(todo: list, done: dict[int, dict[str, Any]], out: Path, workers: int, t
         def finish(rec: dict[str, Any]) -> None:
             cif = rec.pop("cif", None)
             if cif is not None:
-                _write_atomic(out / "relaxed" / f"{rec['index']:06d}.cif", cif)
+                atomic_write_text(out / "relaxed" / f"{rec['index']:06d}.cif", cif)
             rec = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()}
             fh.write(dumps_strict(rec, indent=None) + "\n")  # one write per line
             fh.flush()

@@ -15,7 +15,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
+from dpcdvae.data.datasets import SPLITS  # noqa: F401
+# the dataset files of the evaluation commands follow the one source rule of dpcdvae.data.source
+from dpcdvae.data.source import resolve_source, split_csv_path  # noqa: F401
 
 
 @dataclass
@@ -138,7 +140,7 @@ def build_structure(item: CrystalInput) -> tuple[Any, str | None]:
 
 
 def read_samples_pt(path: Path) -> LoadedCrystals:
-    """Read a ``samples.pt`` (ARCHITECTURE.md "Sample folder") with ``weights_only=True``."""
+    """Read a ``samples.pt`` (docs/ARCHITECTURE.md "Sample folder") with ``weights_only=True``."""
     from dpcdvae.safeload import load_weights_only
 
     data = load_weights_only(path, "samples file")
@@ -247,34 +249,7 @@ def load_crystals(path: Path) -> LoadedCrystals:
 
 
 # ---------------------------------------------------------------------------------------------
-# Dataset files
-
-
-def resolve_source(source: Path | str | None) -> Path:
-    """Data source folder: ``source``, else the DPCDVAE_DATA environment variable."""
-    if source is None:
-        env = os.environ.get("DPCDVAE_DATA")
-        if not env:
-            raise ValueError("no data source: pass --source DIR or set DPCDVAE_DATA")
-        source = env
-    path = Path(source).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"data source {path} is not a folder")
-    return path
-
-
-def split_csv_path(source: Path, dataset: str, split: str) -> Path:
-    """``<source>/<dataset>/<split>.csv.gz`` (or ``.csv``)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if not (source / dataset).is_dir():
-        have = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise FileNotFoundError(f"unknown dataset {dataset!r}: no folder {source / dataset} "
-                                f"(datasets there: {', '.join(have) or 'none'})")
-    for name in (f"{split}.csv.gz", f"{split}.csv"):
-        if (source / dataset / name).is_file():
-            return source / dataset / name
-    raise FileNotFoundError(f"no {split}.csv(.gz) for dataset {dataset!r} under {source}")
+# Output checks
 
 
 def check_output_file(path: Path | str | None, flag: str = "--out") -> None:

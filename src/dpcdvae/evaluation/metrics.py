@@ -1,6 +1,6 @@
 """CDVAE metric formulas on numpy arrays (no pymatgen): coverage, diversity, Wasserstein, summaries.
 
-Definitions follow CDVAE's compute_metrics.py / eval_utils.py (REFERENCE.md section 2).
+Definitions follow CDVAE's compute_metrics.py / eval_utils.py (docs/REFERENCE.md §2).
 """
 
 from __future__ import annotations

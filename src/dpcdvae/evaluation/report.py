@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from dpcdvae.atomic import atomic_savefig, atomic_write_text
+
 
 def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (5.0, 3.6)):
     from matplotlib.figure import Figure
@@ -40,7 +42,7 @@ def _hist(ax, gen: np.ndarray, gt: np.ndarray, title: str, integer: bool = False
 
 
 def _save(fig, path: Path) -> str:
-    fig.savefig(path, dpi=110)
+    atomic_savefig(path, fig, dpi=110)
     return path.name
 
 
@@ -96,17 +98,10 @@ def write_gen_report(folder: Path, result: dict[str, Any], gen: dict[str, np.nda
     images.append(_validity_plot(folder / "validity.png", result["validity"]))
 
     v, c, w, d = result["validity"], result["coverage"], result["wdist"], result["diversity"]
+    inp = result["input"]
     lines = [
-        f"# Generation metrics: {result['dataset']}",
-        "",
-        f"- input: `{result['input']['path']}` ({result['input']['kind']}; {result['input']['note']}); "
-        f"{result['input']['n_scored']} crystals scored of {result['input']['n_input']}",
-        f"- ground truth: {result['ground_truth']['split']} split, `{result['ground_truth']['csv']}` "
-        f"({result['ground_truth']['n']} crystals)",
-        f"- date: {result['date']}",
-        "",
-        "| metric | value |",
-        "| --- | --- |",
+        *_header(result, "Generation metrics", f"({inp['kind']}; {inp['note']}); {inp['n_scored']} crystals "
+                 f"scored of {inp['n_input']}"),
         f"| validity: composition | {_fmt(v['comp_valid'], True)} |",
         f"| validity: structure | {_fmt(v['struct_valid'], True)} |",
         f"| validity: both (+ fingerprints) | {_fmt(v['valid'], True)} |",
@@ -141,14 +136,27 @@ def write_gen_report(folder: Path, result: dict[str, Any], gen: dict[str, np.nda
 
 
 
+def _header(result: dict[str, Any], title: str, input_note: str) -> list[str]:
+    """Title, input / ground-truth / date lines and the head of the metrics table."""
+    gt = result["ground_truth"]
+    return [
+        f"# {title}: {result['dataset']}",
+        "",
+        f"- input: `{result['input']['path']}` {input_note}",
+        f"- ground truth: {gt['split']} split, `{gt['csv']}` ({gt['n']} crystals)",
+        f"- date: {result['date']}",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+    ]
+
+
 def _write_report(folder: Path, lines: list[str], images: list[str], result: dict[str, Any]) -> Path:
     """Append the plots and timing, insert the warnings after the header, write report.md."""
     lines = [*lines, *[f"![{name}]({name})" for name in images], "", f"Timing: {result['timing']}"]
     for warn in result.get("warnings", []):
         lines.insert(5, f"- WARNING: {warn}")
-    path = folder / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(folder / "report.md", "\n".join(lines) + "\n")
 
 
 def write_recon_report(folder: Path, result: dict[str, Any], table: dict[str, np.ndarray], rms: np.ndarray,
@@ -169,15 +177,7 @@ def write_recon_report(folder: Path, result: dict[str, Any], table: dict[str, np
     images.append(_save(fig, folder / "recon_errors.png"))
     images.append(_validity_plot(folder / "validity.png", result["validity"]))
     lines = [
-        f"# Reconstruction metrics: {result['dataset']}",
-        "",
-        f"- input: `{result['input']['path']}` ({result['input']['kind']}); pairing: {result['input']['pairing']}",
-        f"- ground truth: {result['ground_truth']['split']} split, `{result['ground_truth']['csv']}` "
-        f"({result['ground_truth']['n']} crystals)",
-        f"- date: {result['date']}",
-        "",
-        "| metric | value |",
-        "| --- | --- |",
+        *_header(result, "Reconstruction metrics", f"({result['input']['kind']}); pairing: {result['input']['pairing']}"),
         f"| match rate (over all {result['n_gt']} ground-truth crystals) | {_fmt(result['match_rate'], True)} |",
         f"| mean normalised RMS of matches | {_fmt(result['rms_dist'])} |",
         f"| RMS error of lattice lengths (Å, valid predictions) | {_fmt(result['rms_lengths'])} |",

@@ -12,7 +12,7 @@ Pauling electronegativity test (cations less electronegative than anions, repeat
 The enumeration is vectorised with numpy but gives exactly the same answer as CDVAE's loop over
 ``itertools.product`` (the tests compare both on random compositions).
 
-Version choices (REFERENCE.md "Version pitfalls"):
+Version choices (docs/REFERENCE.md §4):
 - ``oxidation_states="smact14"`` (default): ``Element.oxidation_states_smact14``, the SMACT set of
   CDVAE's era; ``"icsd24"``: ``Element.oxidation_states_icsd24`` (smact 4 default).
 - ``pauling_missing="pass"`` (default, CDVAE): a missing electronegativity raised a TypeError in the

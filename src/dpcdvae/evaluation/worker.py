@@ -38,6 +38,14 @@ class EvalOptions:
     dist_cutoff: float = 0.5
 
 
+def _build(item: CrystalInput) -> tuple[Any, str | None]:
+    """:func:`~dpcdvae.evaluation.io.build_structure` that never raises (an error is a reason)."""
+    try:
+        return build_structure(item)
+    except Exception:
+        return None, "construction_error"
+
+
 def analyse_crystal(item: CrystalInput, opts: EvalOptions) -> tuple[dict[str, Any], Any]:
     """Evaluate one crystal; returns (record, pymatgen Structure or None). Never raises.
 
@@ -50,10 +58,7 @@ def analyse_crystal(item: CrystalInput, opts: EvalOptions) -> tuple[dict[str, An
 
     t0 = time.perf_counter()
     reasons: list[str] = []
-    try:
-        structure, reason = build_structure(item)
-    except Exception:
-        structure, reason = None, "construction_error"
+    structure, reason = _build(item)
     constructed = reason is None
     if reason is not None:
         reasons.append(reason)
@@ -152,10 +157,7 @@ def match_pair(pair: tuple[CrystalInput, CrystalInput], opts: EvalOptions,
     record, pred_s = analyse_crystal(pred, opts)
     record["struct_fp"] = record["comp_fp"] = None
     t0 = time.perf_counter()
-    try:
-        gt_s, gt_reason = build_structure(gt)
-    except Exception:
-        gt_s, gt_reason = None, "construction_error"
+    gt_s, gt_reason = _build(gt)
     gt_ok = gt_s is not None and gt_reason is None
     rms = float("nan")
     d_len = np.full(3, np.nan)

@@ -1,6 +1,6 @@
 """Periodic radius graphs in plain torch (batched, CPU and GPU, no compiled extensions).
 
-Edge convention (GEMNET.md §0): an edge ``e = (s, t, n)`` goes from the image ``r_s + n @ L`` of the
+Edge convention (docs/GEMNET.md §0): an edge ``e = (s, t, n)`` goes from the image ``r_s + n @ L`` of the
 source atom ``s`` to the target atom ``t``; ``vec_e = r_t - (r_s + n @ L)``. Messages flow
 source -> target and every edge-to-atom reduction groups edges by target. Edges are returned sorted by
 target, each with the index of its reverse edge ``(t, s, -n)`` in ``id_swap``.

@@ -57,7 +57,7 @@ def _pairs_within_groups(group_of_edge: Tensor, deg: Tensor) -> tuple[Tensor, Te
 
 
 def gemnet_triplets(graph: PeriodicGraph) -> GemNetTriplets:
-    """GemNet-T triplets (GEMNET.md §2): T = sum_a deg_a (deg_a - 1); edge ids, not atom ids, are
+    """GemNet-T triplets (docs/GEMNET.md §2): T = sum_a deg_a (deg_a - 1); edge ids, not atom ids, are
     compared, so ``b`` may be an image of ``c``'s atom."""
     deg = torch.bincount(graph.dst, minlength=graph.num_nodes)
     out, inp = _pairs_within_groups(graph.dst, deg)

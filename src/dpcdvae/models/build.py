@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from dpcdvae.atomic import atomic_torch_save, atomic_write_text
 from dpcdvae.data.scalers import Scalers
 from dpcdvae.jsonio import dumps_strict
 from dpcdvae.models.dpcdvae import DPCDVAE
@@ -61,12 +62,8 @@ def build_model(cfg: dict, scalers: Scalers | None = None) -> DPCDVAE:
 
 def save_model(path: Path | str, model: DPCDVAE, cfg: dict, state_dict: dict | None = None) -> Path:
     """Write a self-contained model file (``state_dict`` defaults to the model's own)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     state = model.state_dict() if state_dict is None else state_dict
-    torch.save({"format": FORMAT, "config": cfg, "state_dict": state}, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_torch_save(Path(path), {"format": FORMAT, "config": cfg, "state_dict": state})
 
 
 def load_model_file(path: Path | str) -> tuple[dict, dict]:
@@ -109,9 +106,7 @@ def export_model(ckpt: Path | str, out: Path | str, max_mb: float | None = None,
         state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
     out = Path(out)
     if max_mb is None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": FORMAT, "config": cfg, "state_dict": state}, out)
-        return [out]
+        return [atomic_torch_save(out, {"format": FORMAT, "config": cfg, "state_dict": state})]
     limit = int(max_mb * 2**20) - 65536  # headroom for the pickle container
     out.mkdir(parents=True, exist_ok=True)
     shards: list[dict] = [{}]
@@ -128,7 +123,7 @@ def export_model(ckpt: Path | str, out: Path | str, max_mb: float | None = None,
     names = []
     for i, shard in enumerate(shards):
         name = f"shard_{i:03d}.pt"
-        torch.save(shard, out / name)
+        atomic_torch_save(out / name, shard)
         names.append(name)
-    (out / "index.json").write_text(dumps_strict({"format": FORMAT, "config": cfg, "shards": names}, indent=1) + "\n")
+    atomic_write_text(out / "index.json", dumps_strict({"format": FORMAT, "config": cfg, "shards": names}, indent=1) + "\n")
     return [out / n for n in names] + [out / "index.json"]

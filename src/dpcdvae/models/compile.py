@@ -1,5 +1,5 @@
 """Optional ``torch.compile`` of the network bodies (graph and triplet construction stay eager,
-GEMNET.md §12): GemNet-T's ``run_blocks`` and DimeNet++'s interaction / output blocks, with dynamic
+docs/GEMNET.md §12): GemNet-T's ``run_blocks`` and DimeNet++'s interaction / output blocks, with dynamic
 shapes so that batches of different sizes do not recompile."""
 
 from __future__ import annotations

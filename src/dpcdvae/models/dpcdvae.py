@@ -24,19 +24,11 @@ from dpcdvae.diffusion.schedule import DiffusionSchedule
 from dpcdvae.diffusion.types import sample_composition_types
 from dpcdvae.geometry.lattice import lattice_from_params
 from dpcdvae.nn.mlp import build_mlp
+from dpcdvae.ops import segment_mean
 
-__all__ = ["DPCDVAE", "segment_mean", "sanitize_lattice", "LOSS_KEYS"]
+__all__ = ["DPCDVAE", "sanitize_lattice", "LOSS_KEYS"]
 
 LOSS_KEYS = ("natom", "lattice", "composition", "coord", "type", "kld")
-
-
-def segment_mean(values: Tensor, batch: Tensor, num_segments: int) -> Tensor:
-    """Mean of ``values`` [N] (or [N, C]) per crystal ``batch`` [N] -> [B] (or [B, C]), in fp32."""
-    values = values.float()
-    out = values.new_zeros((num_segments, *values.shape[1:]))
-    out.index_add_(0, batch, values)
-    count = torch.bincount(batch, minlength=num_segments).clamp(min=1).to(values.dtype)
-    return out / count.view(-1, *([1] * (values.dim() - 1)))
 
 
 def sanitize_lattice(lengths: Tensor, angles: Tensor, min_length: float = 1.0,
@@ -163,7 +155,8 @@ class DPCDVAE(nn.Module):
         lattice_loss = F.mse_loss(scaled, self.lattice_target(batch))
         comp_logits = self.composition_logits(z, batch.batch)
         target_types = batch.atom_types - 1
-        comp_loss = segment_mean(F.cross_entropy(comp_logits, target_types, reduction="none"), batch.batch, bsz).mean()
+        comp_ce = F.cross_entropy(comp_logits, target_types, reduction="none")
+        comp_loss = segment_mean(comp_ce.float(), batch.batch, bsz).mean()
 
         true_lattice = lattice_from_params(batch.lengths, batch.angles)
         if teacher_forcing:
@@ -178,7 +171,7 @@ class DPCDVAE(nn.Module):
                                           batch.num_atoms, batch.batch, lattice)
         coord_loss = self.process.loss(pred.float(), noisy, batch.batch, bsz)
         type_ce = F.cross_entropy(type_logits.float(), target_types, reduction="none") / noisy.type_sigma
-        type_loss = segment_mean(type_ce, batch.batch, bsz).mean()
+        type_loss = segment_mean(type_ce.float(), batch.batch, bsz).mean()
 
         w = self.loss_weights
         total = (

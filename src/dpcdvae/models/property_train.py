@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from dpcdvae.atomic import atomic_torch_save, atomic_write_text
 from dpcdvae.data.batch import CrystalBatch
 from dpcdvae.data.cache import CrystalDataset, load_split
 from dpcdvae.jsonio import dumps_strict
@@ -161,6 +162,6 @@ def train_property(
         "n_test": len(test), "target_std": float(y.std(unbiased=False)),
     }
     meta = {"encoder_cfg": enc, "hidden_dim": 256, "fc_num_layers": 1, "max_atoms": info.max_atoms, **summary}
-    torch.save({"format": PROPERTY_FORMAT, "meta": meta, "state_dict": model.cpu().state_dict()}, out / "property.pt")
-    (out / "summary.json").write_text(dumps_strict(summary) + "\n")
+    atomic_torch_save(out / "property.pt", {"format": PROPERTY_FORMAT, "meta": meta, "state_dict": model.cpu().state_dict()})
+    atomic_write_text(out / "summary.json", dumps_strict(summary) + "\n")
     return summary

@@ -1,4 +1,4 @@
-"""DP-CDVAE denoiser: conditioned atom features -> GemNet-T -> (eps, type logits) (GEMNET.md §4)."""
+"""DP-CDVAE denoiser: conditioned atom features -> GemNet-T -> (eps, type logits) (docs/GEMNET.md §4)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from dpcdvae.geometry.graph import PeriodicGraph, radius_graph_pbc
+from dpcdvae.nn.checks import check_crystal_shapes
 from dpcdvae.nn.embeddings import TimeEmbedding, fourier_features, num_fourier_features
 from dpcdvae.nn.gemnet.model import GemNetT
+from dpcdvae.nn.init import reset_after_build, reset_modules
 
 __all__ = ["DPDenoiser"]
 
@@ -65,6 +67,7 @@ class DPDenoiser(nn.Module):
         emb_size_edge ... scale_init: GemNet-T hyperparameters (:class:`~dpcdvae.nn.gemnet.GemNetT`).
     """
 
+    @reset_after_build
     def __init__(
         self,
         latent_dim: int = 256,
@@ -124,7 +127,6 @@ class DPDenoiser(nn.Module):
         num_phi = num_fourier_features(fourier_min, fourier_max) if self.fourier else 0
 
         self.atom_emb = nn.Embedding(num_types, atom_emb_dim)
-        nn.init.uniform_(self.atom_emb.weight, -(3.0**0.5), 3.0**0.5)
         self.time_emb: TimeEmbedding | None = None
         if conditioning == "dpcdvae":
             self.time_emb = TimeEmbedding(time_dim, 4 * time_dim if time_hidden is None else time_hidden)
@@ -143,8 +145,17 @@ class DPDenoiser(nn.Module):
         )
         self.type_head = nn.Linear(width, num_types)
 
+    def reset_parameters(self) -> None:
+        """Draw every weight again, in the order the layers are built: the atom embedding U(-sqrt 3,
+        sqrt 3), the time embedding (variance scaling, zero biases), PyTorch's default for the
+        conditioning and type layers, GemNet-T's He-orthogonal init. The atom embedding first draws
+        PyTorch's default, as when it is built, so that a seed gives the weights it always gave."""
+        self.atom_emb.reset_parameters()
+        nn.init.uniform_(self.atom_emb.weight, -(3.0**0.5), 3.0**0.5)
+        reset_modules(*[m for m in (self.time_emb, self.cond, self.gemnet, self.type_head) if m is not None])
+
     def build_graph(self, frac_coords: Tensor, lattice: Tensor, num_atoms: Tensor) -> PeriodicGraph:
-        """The decoder graph (GEMNET.md §1) of wrapped ``frac_coords`` [N, 3] in ``lattice`` [B, 3, 3]."""
+        """The decoder graph (docs/GEMNET.md §1) of wrapped ``frac_coords`` [N, 3] in ``lattice`` [B, 3, 3]."""
         return radius_graph_pbc(frac_coords, lattice, num_atoms, self.cutoff, self.max_neighbors,
                                 self.images, self.symmetrize)
 
@@ -191,15 +202,8 @@ class DPDenoiser(nn.Module):
         Returns:
             eps [N, 3] (fp32; frame per ``eps_frame``) and type logits [N, num_types] (class = Z - 1).
         """
-        n = frac_coords.shape[0]
+        check_crystal_shapes(frac_coords, atom_types, num_atoms, batch, lattice)
         b = num_atoms.shape[0]
-        if frac_coords.ndim != 2 or frac_coords.shape[1] != 3:
-            raise ValueError(f"frac_coords must be [N, 3], got {tuple(frac_coords.shape)}")
-        if atom_types.shape != (n,) or batch.shape != (n,):
-            raise ValueError(f"atom_types and batch must be [N={n}], got {tuple(atom_types.shape)}, "
-                             f"{tuple(batch.shape)}")
-        if lattice.shape != (b, 3, 3):
-            raise ValueError(f"lattice must be [B={b}, 3, 3], got {tuple(lattice.shape)}")
         if z.shape != (b, self.latent_dim):
             raise ValueError(f"z must be [B={b}, {self.latent_dim}], got {tuple(z.shape)}")
         if t.shape != (b,):

@@ -1,4 +1,4 @@
-"""Periodic DimeNet++ crystal encoder (GEMNET.md §8-9).
+"""Periodic DimeNet++ crystal encoder (docs/GEMNET.md §8-9).
 
 The network blocks are PyG's (``torch_geometric.nn.models.dimenet``: ``BesselBasisLayer``,
 ``EmbeddingBlock``, ``InteractionPPBlock``, ``OutputPPBlock``, ``ResidualLayer``), fed with periodic
@@ -40,6 +40,8 @@ from torch_geometric.nn.models.dimenet import (
 
 from dpcdvae.geometry.graph import PeriodicGraph, radius_graph_pbc
 from dpcdvae.geometry.triplets import dimenet_triplets
+from dpcdvae.nn.checks import check_crystal_inputs
+from dpcdvae.ops import acc_dtype, geometry_dtype, segment_mean, segment_sum
 
 __all__ = [
     "spherical_jn",
@@ -48,94 +50,10 @@ __all__ = [
     "PeriodicDimeNetPP",
     "check_crystal_inputs",
     "envelope",
-    "segment_mean",
-    "acc_dtype",
-    "geometry_dtype",
-    "scatter_sum",
 ]
 
 _SERIES_SWITCH = 8.0  # power series below this argument, upward recurrence above
 _SERIES_TERMS = 30  # enough for |t| < 8 to float64 round-off
-
-
-# ----------------------------------------------------------------------------------------------
-# helpers shared by the encoders
-# ----------------------------------------------------------------------------------------------
-def acc_dtype(t: Tensor) -> torch.dtype:
-    """Accumulation dtype for sums of ``t``: fp32 for half types, else ``t.dtype``."""
-    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
-
-
-def geometry_dtype(t: Tensor) -> torch.dtype:
-    """dtype for geometry: float64 if ``t`` is float64, else float32 (never half)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def scatter_sum(src: Tensor, index: Tensor, size: int) -> Tensor:
-    """Sum rows of ``src`` [M, C] into [size, C] by ``index`` [M] in an fp32 (or wider) buffer."""
-    out = torch.zeros(size, src.shape[1], dtype=acc_dtype(src), device=src.device)
-    return out.index_add_(0, index, src.to(out.dtype))
-
-
-def segment_mean(x: Tensor, batch: Tensor, num_atoms: Tensor) -> Tensor:
-    """Mean over each crystal's atoms: x [N, C], batch [N], num_atoms [B] -> [B, C] (fp32 sums)."""
-    out = scatter_sum(x, batch, num_atoms.shape[0])
-    return out / num_atoms.clamp(min=1).to(out.dtype).unsqueeze(-1)
-
-
-def check_crystal_inputs(
-    frac_coords: Tensor,
-    atom_types: Tensor,
-    num_atoms: Tensor,
-    batch: Tensor,
-    lattice: Tensor,
-    max_z: int,
-    max_atoms: int | None = None,
-) -> None:
-    """Raise a one-line ValueError for malformed encoder inputs (one host sync for the values).
-
-    Args:
-        frac_coords: [N, 3] fractional. atom_types: [N] int Z in 1..max_z. num_atoms: [B] >= 1
-        (<= max_atoms if given). batch: [N] crystal index, equal to repeat_interleave(arange(B),
-        num_atoms). lattice: [B, 3, 3] Å, rows = lattice vectors.
-    """
-    n, b = frac_coords.shape[0], num_atoms.shape[0]
-    if frac_coords.dim() != 2 or frac_coords.shape[1] != 3:
-        raise ValueError(f"frac_coords must be [N, 3], got {tuple(frac_coords.shape)}")
-    if atom_types.shape != (n,) or batch.shape != (n,):
-        raise ValueError(
-            f"atom_types and batch must be [N={n}], got {tuple(atom_types.shape)} and {tuple(batch.shape)}"
-        )
-    if num_atoms.dim() != 1 or lattice.shape != (b, 3, 3):
-        raise ValueError(f"num_atoms must be [B] and lattice [B, 3, 3], got {tuple(num_atoms.shape)} "
-                         f"and {tuple(lattice.shape)}")
-    if atom_types.is_floating_point() or num_atoms.is_floating_point() or batch.is_floating_point():
-        raise ValueError("atom_types, num_atoms and batch must be integer tensors")
-    if b == 0:
-        raise ValueError("empty batch: num_atoms has no crystals")
-    counts = torch.bincount(batch.clamp(0, b - 1), minlength=b)
-    batch_ok = ((batch >= 0) & (batch < b)).all() & (counts == num_atoms).all()
-    if n > 1:
-        batch_ok &= (batch[1:] >= batch[:-1]).all()
-    no_max = max_atoms is None
-    bad = torch.stack([
-        (atom_types < 1).any() | (atom_types > max_z).any(),
-        (num_atoms < 1).any() | (num_atoms.sum() != n),
-        (num_atoms > (0 if no_max else max_atoms)).any() & (not no_max),
-        ~torch.isfinite(frac_coords).all() | ~torch.isfinite(lattice).all(),
-        ~batch_ok,
-    ])
-    flags = bad.tolist()  # the one host sync
-    msgs = [
-        f"atom_types must be atomic numbers in 1..{max_z}",
-        "num_atoms must be >= 1 and sum to N",
-        f"num_atoms must be <= max_atoms={max_atoms}",
-        "frac_coords and lattice must be finite",
-        "batch must be the crystal index of each atom (repeat_interleave(arange(B), num_atoms))",
-    ]
-    for flag, msg in zip(flags, msgs):
-        if flag:
-            raise ValueError(msg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +145,7 @@ class SphericalBasis(nn.Module):
     sbf[l, n] = u(d_kj/c) * N_ln * j_l(z_ln d_kj/c) * Y_l0(cos theta), flattened l-major to S*R.
 
     z_ln is the n-th root of j_l and N_ln = sqrt(2)/|j_{l+1}(z_ln)|. The radial table is evaluated
-    per edge in float64 (GEMNET.md §8) and cast to the dtype of ``dist``.
+    per edge in float64 (docs/GEMNET.md §8) and cast to the dtype of ``dist``.
     """
 
     def __init__(self, num_spherical: int, num_radial: int, cutoff: float, envelope_exponent: int = 5):
@@ -294,7 +212,7 @@ class InteractionPP(InteractionPPBlock):
         x_kj = x_kj * self.lin_rbf2(self.lin_rbf1(rbf))
         x_kj = self.act(self.lin_down(x_kj))
         msg = x_kj[idx_kj] * self.lin_sbf2(self.lin_sbf1(sbf))  # [T, int_emb]
-        x_kj = self.act(self.lin_up(scatter_sum(msg, idx_ji, x.shape[0])))
+        x_kj = self.act(self.lin_up(segment_sum(msg, idx_ji, x.shape[0], fp32=True)))
         h = x_ji + x_kj
         for layer in self.layers_before_skip:
             h = layer(h)
@@ -326,7 +244,7 @@ class OutputPP(OutputPPBlock):
     def forward(self, x: Tensor, rbf: Tensor, i: Tensor, num_nodes: int | None = None) -> Tensor:
         if num_nodes is None:
             raise ValueError("OutputPP needs num_nodes (the number of atoms)")
-        x = scatter_sum(self.lin_rbf(rbf) * x, i, num_nodes)
+        x = segment_sum(self.lin_rbf(rbf) * x, i, num_nodes, fp32=True)
         x = self.lin_up(x)
         for lin in self.lins:
             x = self.act(lin(x))
@@ -371,7 +289,9 @@ class PeriodicDimeNetPP(nn.Module):
         output_initializer: Literal["zeros", "glorot_orthogonal"] = "zeros",
         output_lin_up_bias: bool = True,
     ):
+        build_args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        self._build_args = build_args  # for reset_parameters
         if triplet_exclusion not in ("edge", "atom"):
             raise ValueError(f"triplet_exclusion must be 'edge' or 'atom', got {triplet_exclusion!r}")
         self.cutoff, self.max_neighbors, self.max_z = float(cutoff), max_neighbors, max_z
@@ -393,10 +313,17 @@ class PeriodicDimeNetPP(nn.Module):
         ])
 
     def reset_parameters(self) -> None:
-        self.rbf.reset_parameters()
-        self.emb.reset_parameters()
-        for block in [*self.output_blocks, *self.interaction_blocks]:
-            block.reset_parameters()
+        """Draw every weight again exactly as the constructor does (same seed -> same weights).
+
+        PyG's blocks draw their weights while they are built (PyTorch's default init of each Linear,
+        then PyG's glorot-orthogonal / zero init; the embedding and output blocks replace a layer
+        after that), so the only way to repeat those draws is to build a fresh copy, which is done
+        here on the CPU; its parameters are copied in (the constant tables are buffers, kept).
+        """
+        fresh = dict(PeriodicDimeNetPP(**self._build_args).named_parameters())
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                p.copy_(fresh[name])
 
     def build_graph(self, frac_coords: Tensor, lattice: Tensor, num_atoms: Tensor) -> PeriodicGraph:
         """Periodic radius graph with this model's cutoff / cap / image / symmetrisation settings."""
@@ -433,7 +360,8 @@ class PeriodicDimeNetPP(nn.Module):
     def forward_graph(self, atom_types: Tensor, graph: PeriodicGraph, idx_kj: Tensor, idx_ji: Tensor,
                       batch: Tensor, num_atoms: Tensor) -> Tensor:
         """Encode with a prebuilt graph: atom_types [N] Z, batch [N], num_atoms [B] -> [B, out]."""
-        return segment_mean(self.atom_outputs(atom_types, graph, idx_kj, idx_ji), batch, num_atoms)
+        out = self.atom_outputs(atom_types, graph, idx_kj, idx_ji)
+        return segment_mean(out, batch, num_atoms.shape[0], fp32=True, counts=num_atoms)
 
     def forward(self, frac_coords: Tensor, atom_types: Tensor, num_atoms: Tensor, batch: Tensor,
                 lattice: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Time and position embeddings of the DP-CDVAE denoiser (GEMNET.md §4.1, REFERENCE.md §3).
+"""Time and position embeddings of the DP-CDVAE denoiser (docs/GEMNET.md §4.1, docs/REFERENCE.md §3.3).
 
 Both are fp32 islands (autocast off): the sinusoid arguments are too large for bf16.
 """
@@ -11,12 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from dpcdvae.nn.gemnet.init import variance_scaling_uniform_
+from dpcdvae.nn.init import reset_after_build
+from dpcdvae.ops import geometry_dtype
 
 __all__ = ["sinusoidal_embedding", "TimeEmbedding", "fourier_features", "num_fourier_features"]
-
-
-def _float_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def sinusoidal_embedding(s: Tensor, dim: int = 128, max_positions: float = 1e4) -> Tensor:
@@ -34,7 +32,7 @@ def sinusoidal_embedding(s: Tensor, dim: int = 128, max_positions: float = 1e4) 
     half = dim // 2
     if half < 2:
         raise ValueError(f"sinusoidal embedding width must be >= 4, got {dim}")
-    dtype = _float_dtype(s)
+    dtype = geometry_dtype(s)
     with torch.autocast(device_type=s.device.type, enabled=False):
         k = torch.arange(half, device=s.device, dtype=dtype)
         freqs = torch.exp(-math.log(max_positions) / (half - 1) * k)
@@ -56,12 +54,19 @@ class TimeEmbedding(nn.Module):
         max_positions: sinusoid base (1e4).
     """
 
+    @reset_after_build
     def __init__(self, dim: int = 128, hidden: int = 512, max_positions: float = 1e4) -> None:
         super().__init__()
         self.dim = dim
         self.max_positions = max_positions
         self.lin1 = nn.Linear(dim, hidden)
         self.lin2 = nn.Linear(hidden, dim)
+
+    def reset_parameters(self) -> None:
+        """Variance-scaling weights, zero biases. PyTorch's default init runs first, as when the layers
+        are built, so that a seed gives the weights it always gave."""
+        for lin in (self.lin1, self.lin2):
+            lin.reset_parameters()
         for lin in (self.lin1, self.lin2):
             variance_scaling_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
@@ -97,7 +102,7 @@ def fourier_features(frac_coords: Tensor, n_min: int = 3, n_max: int = 8) -> Ten
     if frac_coords.ndim != 2 or frac_coords.shape[1] != 3:
         raise ValueError(f"frac_coords must be [N, 3], got {tuple(frac_coords.shape)}")
     num_fourier_features(n_min, n_max)
-    dtype = _float_dtype(frac_coords)
+    dtype = geometry_dtype(frac_coords)
     with torch.autocast(device_type=frac_coords.device.type, enabled=False):
         f = frac_coords.to(dtype)
         mult = torch.tensor([2.0**q for q in range(n_min, n_max + 1)], dtype=dtype, device=f.device)

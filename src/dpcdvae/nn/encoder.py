@@ -1,6 +1,6 @@
 """Crystal encoders of DP-CDVAE: DimeNet++, optionally fused with GINE and an atom-count embedding.
 
-Variants (REFERENCE.md §3, DP-CDVAE ``DimeNetppEncoder`` / ``DimeNaEncoder`` / ``DimeGINEncoder`` /
+Variants (docs/REFERENCE.md §3.4, DP-CDVAE ``DimeNetppEncoder`` / ``DimeNaEncoder`` / ``DimeGINEncoder`` /
 ``DimeGINNaEncoder``), with D = ``out_channels`` (256):
 
 * ``"dime"``: the periodic DimeNet++ crystal vector, [B, D].
@@ -22,8 +22,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from dpcdvae.nn.dimenet import PeriodicDimeNetPP, check_crystal_inputs
+from dpcdvae.nn.checks import check_crystal_inputs
+from dpcdvae.nn.dimenet import PeriodicDimeNetPP
 from dpcdvae.nn.gine import GINEEncoder
+from dpcdvae.nn.init import reset_after_build, reset_modules
 
 __all__ = ["CrystalEncoder", "VARIANTS", "Variant"]
 
@@ -62,6 +64,7 @@ class CrystalEncoder(nn.Module):
         na_channels: width of the N_a embedding; default D for "dime+na", D // 2 for "dime+na+gine".
     """
 
+    @reset_after_build
     def __init__(
         self,
         variant: Variant = "dime",
@@ -126,6 +129,11 @@ class CrystalEncoder(nn.Module):
         else:
             fc = 2 * out_channels + (self.na_emb.embedding_dim if self.na_emb is not None else 0)
             self.fuse = _mlp([fc, fc, fc, out_channels])
+
+    def reset_parameters(self) -> None:
+        """Draw every weight again, in the order the parts are built: DimeNet++ (PyG's init), GINE,
+        the N_a embedding and the fusion MLP (PyTorch's defaults)."""
+        reset_modules(*[m for m in (self.dimenet, self.gine, self.na_emb, self.fuse) if m is not None])
 
     @classmethod
     def tiny(cls, variant: Variant = "dime", **overrides: Any) -> "CrystalEncoder":

@@ -1,4 +1,4 @@
-"""GINE crystal encoder of DP-CDVAE's DimeGIN / DimeGINNa variants (REFERENCE.md §3).
+"""GINE crystal encoder of DP-CDVAE's DimeGIN / DimeGINNa variants (docs/REFERENCE.md §3.4).
 
 Node features: ``Embedding(100, hidden)`` of Z - 1. Edge features: the periodic distance (Å) through
 an MLP 1 -> hidden -> hidden (ReLU). Three GINE layers with sum aggregation
@@ -25,7 +25,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from dpcdvae.geometry.graph import PeriodicGraph, radius_graph_pbc
-from dpcdvae.nn.dimenet import check_crystal_inputs, geometry_dtype, scatter_sum
+from dpcdvae.nn.checks import check_crystal_inputs
+from dpcdvae.nn.init import reset_modules
+from dpcdvae.ops import geometry_dtype, segment_sum
 
 __all__ = ["GINELayer", "GINEEncoder", "segment_max"]
 
@@ -60,7 +62,7 @@ class GINELayer(nn.Module):
     def forward(self, x: Tensor, src: Tensor, dst: Tensor, edge_attr: Tensor) -> Tensor:
         """x [N, C], src [E], dst [E], edge_attr [E, C] -> [N, C]."""
         msg = _ACTS[self.message_act](x[src] + edge_attr)
-        agg = scatter_sum(msg, dst, x.shape[0])
+        agg = segment_sum(msg, dst, x.shape[0], fp32=True)
         return self.mlp(agg + (1.0 + self.eps) * x.to(agg.dtype))
 
 
@@ -100,6 +102,11 @@ class GINEEncoder(nn.Module):
         self.convs = nn.ModuleList([GINELayer(hidden_channels, message_act) for _ in range(num_layers)])
         self.fc = nn.Sequential(nn.Linear(hidden_channels, hidden_channels), nn.ReLU(),
                                 nn.Linear(hidden_channels, out_channels))
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default initialisation of every layer, in the order they are built (the
+        constructor draws exactly these numbers)."""
+        reset_modules(*self.children())
 
     def edge_features(self, dist: Tensor) -> Tensor:
         """dist [E] Å -> [E, hidden]; the first Linear (on the raw distance) runs in fp32."""

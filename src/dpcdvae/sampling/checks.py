@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["check_device", "check_sample_args"]
+__all__ = ["check_device", "check_sample_args", "visible_cuda_devices"]
 
 
 def _count(flag: str, value, minimum: int = 1) -> None:
@@ -12,6 +12,15 @@ def _count(flag: str, value, minimum: int = 1) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{flag} must be an integer >= {minimum}, got {value!r}")
+
+
+def visible_cuda_devices() -> int:
+    """Number of visible CUDA devices; a one-line ValueError when there is none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA device is available")
+    return torch.cuda.device_count()
 
 
 def check_device(device: str) -> None:
@@ -25,9 +34,7 @@ def check_device(device: str) -> None:
     except (RuntimeError, TypeError, ValueError):
         raise ValueError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda requested but no CUDA device is available")
-        count = torch.cuda.device_count()
+        count = visible_cuda_devices()
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"--device {device}: only {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1})")
     elif dev.type not in ("cpu", "mps"):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from dpcdvae.sampling.checks import visible_cuda_devices
 from dpcdvae.sampling.run import SampleResult
 
 __all__ = ["sample_multi", "worker_devices", "ShardFailedError"]
@@ -38,9 +39,7 @@ def worker_devices(device: str, devices: int) -> list[str]:
     if device not in ("auto", "cuda"):
         raise ValueError(f"--devices {devices} runs on cuda:0..cuda:{devices - 1}; choose the GPUs with "
                          f"CUDA_VISIBLE_DEVICES instead of --device {device}")
-    if not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA device is available")
-    count = torch.cuda.device_count()
+    count = visible_cuda_devices()
     if devices > count:
         raise ValueError(f"--devices {devices} but only {count} CUDA device(s) are visible")
     return [f"cuda:{i}" for i in range(devices)]

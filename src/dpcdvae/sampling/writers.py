@@ -6,8 +6,6 @@ frac_coords [N,3] fractional, atom_types [N] Z, num_atoms [B], lengths [B,3] Å,
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -16,22 +14,9 @@ from torch import Tensor
 from dpcdvae.geometry.lattice import lattice_from_params
 from dpcdvae.sampling.elements import symbol
 
-__all__ = ["iter_crystals", "cif_text", "extxyz_text", "atomic_save", "atomic_write_text", "concat_samples"]
+__all__ = ["iter_crystals", "cif_text", "extxyz_text", "concat_samples"]
 
 SAMPLE_KEYS = ("frac_coords", "atom_types", "num_atoms", "lengths", "angles")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_save(path: Path, obj: dict) -> None:
-    """torch.save to a temp file in the same folder, then rename: a killed run leaves no half file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def iter_crystals(samples: dict) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:

@@ -1,4 +1,4 @@
-"""GemNet-T (Gasteiger et al., 2021) for periodic crystals, plain PyTorch (GEMNET.md)."""
+"""GemNet-T (Gasteiger et al., 2021) for periodic crystals, plain PyTorch (docs/GEMNET.md)."""
 
 from dpcdvae.nn.gemnet.bases import GaussianRBF, legendre_harmonics, polynomial_envelope
 from dpcdvae.nn.gemnet.model import GemNetT

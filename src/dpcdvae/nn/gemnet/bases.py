@@ -1,6 +1,6 @@
-"""GemNet-T bases (GEMNET.md §3): polynomial envelope, Gaussian radial basis, Legendre Y_l^0.
+"""GemNet-T bases (docs/GEMNET.md §3): polynomial envelope, Gaussian radial basis, Legendre Y_l^0.
 
-Every function here is an fp32 island (GEMNET.md §11): it runs with autocast disabled and computes
+Every function here is an fp32 island (docs/GEMNET.md §11): it runs with autocast disabled and computes
 in fp32, or in fp64 when its input is fp64 (for gradcheck). Nothing here has parameters.
 """
 
@@ -11,12 +11,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["geometry_dtype", "polynomial_envelope", "GaussianRBF", "legendre_harmonics"]
+from dpcdvae.ops import geometry_dtype
 
-
-def geometry_dtype(x: Tensor) -> torch.dtype:
-    """Dtype for geometry/basis computations: fp64 if ``x`` is fp64, else fp32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+__all__ = ["polynomial_envelope", "GaussianRBF", "legendre_harmonics"]
 
 
 def polynomial_envelope(x: Tensor, exponent: int = 5) -> Tensor:

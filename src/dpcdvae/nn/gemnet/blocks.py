@@ -1,9 +1,9 @@
-"""GemNet-T blocks (GEMNET.md §4.4-§4.7): triplet interaction, atom update, interaction, output.
+"""GemNet-T blocks (docs/GEMNET.md §4.4-§4.7): triplet interaction, atom update, interaction, output.
 
 The blocks read the per-forward shared tensors from an :class:`EdgeBases` built once by
 :class:`~dpcdvae.nn.gemnet.model.GemNetT` (bases, projections, the padded triplet layout).
 
-Padded triplet layout ("atom-padded", a variant of GEMNET.md §10's I_pad layout). A GemNet-T triplet is
+Padded triplet layout ("atom-padded", a variant of docs/GEMNET.md §10's I_pad layout). A GemNet-T triplet is
 an ordered pair of distinct edges (b->a, c->a) entering the same atom a. With edges sorted by target,
 the edges entering a occupy slots 0..deg_a-1 of a row of width D >= max in-degree, so every triplet of
 atom a is a pair (i, j), i != j, of slots of that row. The angular factors are stored once as
@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from dpcdvae.nn.gemnet.init import he_orthogonal_
 from dpcdvae.nn.gemnet.layers import INV_SQRT2, Dense, EdgeConcatDense, ResidualLayer
 from dpcdvae.nn.gemnet.scaling import ScaleFactor
+from dpcdvae.nn.init import reset_after_build, reset_modules
+from dpcdvae.ops import segment_sum
 
 __all__ = [
     "EdgeBases",
@@ -37,7 +39,7 @@ __all__ = [
 
 @dataclass
 class EdgeBases:
-    """Per-forward tensors shared by all blocks (GEMNET.md §4.2).
+    """Per-forward tensors shared by all blocks (docs/GEMNET.md §4.2).
 
     Attributes:
         src, dst, id_swap: [E] int64 (dst ascending).
@@ -68,7 +70,7 @@ class EdgeBases:
 
 
 def triplet_bilinear(y: Tensor, weight: Tensor, bases: EdgeBases) -> Tensor:
-    """z_e[o] = sum_{tau: ca(tau)=e} sum_{j,i} W[i, j, o] c_tau[j] y_{ba(tau)}[i] (GEMNET.md §4.5 e).
+    """z_e[o] = sum_{tau: ca(tau)=e} sum_{j,i} W[i, j, o] c_tau[j] y_{ba(tau)}[i] (docs/GEMNET.md §4.5).
 
     With c_tau[j] = sum_l Y_l(phi_tau) P_e[l, j]. Evaluated as S_e = sum_tau Y_tau (x) y_tau (one bmm in
     the atom-padded layout), Q_e = P_e^T S_e (bmm), z = flatten(Q) W' (one GEMM, W' = W permuted to
@@ -94,7 +96,7 @@ def triplet_bilinear(y: Tensor, weight: Tensor, bases: EdgeBases) -> Tensor:
 
 
 class TripletInteraction(nn.Module):
-    """GEMNET.md §4.5: m [E, H] -> x3 [E, H].
+    """docs/GEMNET.md §4.5: m [E, H] -> x3 [E, H].
 
     Args:
         index: 1-based block index (names the scale factors).
@@ -103,6 +105,7 @@ class TripletInteraction(nn.Module):
         scales: {name: (value, fitted)} initial scale factors.
     """
 
+    @reset_after_build
     def __init__(
         self,
         index: int,
@@ -122,6 +125,10 @@ class TripletInteraction(nn.Module):
         self.scale_cbf_sum = ScaleFactor(f"TripInteraction_{index}_sum_cbf", *scales[f"TripInteraction_{index}_sum_cbf"])
         self.up_projection_ca = Dense(emb_size_bil_trip, emb_size_edge, activation=True)
         self.up_projection_ac = Dense(emb_size_bil_trip, emb_size_edge, activation=True)
+
+    def reset_parameters(self) -> None:
+        """The Dense layers in the order they are built, then the bilinear weight."""
+        reset_modules(*self.children())
         he_orthogonal_(self.bilinear_weight)
 
     def forward(self, m: Tensor, bases: EdgeBases) -> Tensor:
@@ -142,16 +149,8 @@ def _atom_mlp(emb_size_edge: int, emb_size_atom: int, num_layers: int) -> nn.Seq
     )
 
 
-def sum_into_atoms(x: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
-    """Sum edge rows [E, C] into their target atoms -> [N, C], accumulated in fp32 (fp64 stays fp64)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        out = torch.zeros(num_nodes, x.shape[1], dtype=acc, device=x.device)
-        return out.index_add(0, dst, x.to(acc))
-
-
 class AtomUpdate(nn.Module):
-    """GEMNET.md §4.6: q_i = s * sum_{e -> i} m_e * (rbf_h W_h)_e, then Dense(H->A) and Res(A) x num_atom.
+    """docs/GEMNET.md §4.6: q_i = s * sum_{e -> i} m_e * (rbf_h W_h)_e, then Dense(H->A) and Res(A) x num_atom.
 
     Args:
         name: scale-factor name (``"AtomUpdate_i_sum"`` or ``"OutBlock_k_sum"``).
@@ -168,13 +167,13 @@ class AtomUpdate(nn.Module):
 
     def forward(self, m: Tensor, rbf_emb: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
         """m [E, H], rbf_emb [E, D_rbf], dst [E] -> [N, A]."""
-        q = sum_into_atoms(m * self.dense_rbf(rbf_emb), dst, num_nodes)
+        q = segment_sum(m * self.dense_rbf(rbf_emb), dst, num_nodes, fp32=True)
         q = self.scale_sum(q, ref=m)
         return self.layers(q)
 
 
 class InteractionBlock(nn.Module):
-    """GEMNET.md §4.4: (h [N, A], m [E, H]) -> (h, m)."""
+    """docs/GEMNET.md §4.4: (h [N, A], m [E, H]) -> (h, m)."""
 
     def __init__(
         self,
@@ -216,7 +215,7 @@ class InteractionBlock(nn.Module):
 
 
 class OutputBlock(nn.Module):
-    """GEMNET.md §4.7: per-edge scalar F^(k)_e from m [E, H].
+    """docs/GEMNET.md §4.7: per-edge scalar F^(k)_e from m [E, H].
 
     The vector branch: g = Res^num_atom(Dense(m)); g = s * (g * rbf_out W_F); F = w_F^T g.
     With ``energy_branch`` the reference's per-atom energy branch (Dense(D_rbf->H), a sum scale factor,

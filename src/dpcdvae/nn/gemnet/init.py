@@ -1,4 +1,4 @@
-"""Weight initialisers used by GemNet-T and the DP-CDVAE denoiser (GEMNET.md §4.1, §6)."""
+"""Weight initialisers used by GemNet-T and the DP-CDVAE denoiser (docs/GEMNET.md §4.1, §6)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ __all__ = ["he_orthogonal_", "variance_scaling_uniform_"]
 
 @torch.no_grad()
 def he_orthogonal_(weight: Tensor, eps: float = 1e-6) -> Tensor:
-    """He-orthogonal init, in place (GEMNET.md §6).
+    """He-orthogonal init, in place (docs/GEMNET.md §6).
 
     1. Draw a random (semi-)orthogonal matrix; a 3-D tensor ``(d0, d1, d2)`` is drawn as
        ``(d0, d1 * d2)`` (``torch.nn.init.orthogonal_`` flattens the trailing dimensions).

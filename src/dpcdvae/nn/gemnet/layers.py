@@ -1,6 +1,6 @@
 """GemNet-T building layers: ScaledSiLU, bias-free Dense, residual layer, split-weight concat layer.
 
-All weights are He-orthogonal initialised (GEMNET.md §6). Matmuls run in the autocast dtype when
+All weights are He-orthogonal initialised (docs/GEMNET.md §6). Matmuls run in the autocast dtype when
 autocast is on; nothing in this file needs fp32.
 """
 
@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from dpcdvae.nn.gemnet.init import he_orthogonal_
+from dpcdvae.nn.init import reset_after_build
 
 __all__ = ["ScaledSiLU", "scaled_silu", "Dense", "ResidualLayer", "EdgeConcatDense"]
 
@@ -40,13 +41,13 @@ class Dense(nn.Module):
         activation: apply ScaledSiLU after the product.
     """
 
+    @reset_after_build
     def __init__(self, in_features: int, out_features: int, activation: bool = True) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.activation = activation
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         he_orthogonal_(self.weight)
@@ -76,7 +77,7 @@ class ResidualLayer(nn.Module):
 class EdgeConcatDense(nn.Module):
     """m'_e = ScaledSiLU(W [h_src(e) | h_dst(e) | x_e]) with one bias-free weight W [out, 2A + D].
 
-    The product is evaluated split by input block (GEMNET.md §10): the two atom blocks are
+    The product is evaluated split by input block (docs/GEMNET.md §10): the two atom blocks are
     multiplied on the N atom rows in one GEMM and then gathered per edge, so the per-edge GEMM is only
     ``D -> out``. The stored weight and its He-orthogonal init are those of the unsplit layer.
 
@@ -86,13 +87,13 @@ class EdgeConcatDense(nn.Module):
         out_features: output width (H).
     """
 
+    @reset_after_build
     def __init__(self, atom_features: int, edge_features: int, out_features: int) -> None:
         super().__init__()
         self.atom_features = atom_features
         self.edge_features = edge_features
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, 2 * atom_features + edge_features))
-        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         he_orthogonal_(self.weight)

@@ -1,4 +1,4 @@
-"""GemNet-T core for periodic crystals (GEMNET.md §3-§4), direct vector output, no energy gradient."""
+"""GemNet-T core for periodic crystals (docs/GEMNET.md §3-§4), direct vector output, no energy gradient."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dpcdvae.nn.gemnet.bases import GaussianRBF, geometry_dtype, legendre_harmonics
-from dpcdvae.nn.gemnet.blocks import EdgeBases, InteractionBlock, OutputBlock, sum_into_atoms
+from dpcdvae.nn.gemnet.bases import GaussianRBF, legendre_harmonics
+from dpcdvae.nn.gemnet.blocks import EdgeBases, InteractionBlock, OutputBlock
 from dpcdvae.nn.gemnet.init import he_orthogonal_
 from dpcdvae.nn.gemnet.layers import Dense, EdgeConcatDense
 from dpcdvae.nn.gemnet.scaling import REFERENCE_SCALES, ScaleFactor, scale_factors
+from dpcdvae.nn.init import reset_after_build, reset_modules
+from dpcdvae.ops import geometry_dtype, segment_count, segment_sum
 
 if TYPE_CHECKING:
     from dpcdvae.geometry.graph import PeriodicGraph
@@ -50,11 +52,12 @@ class GemNetT(nn.Module):
             for parameter-count / state-dict parity (it is never evaluated; 1.87 M parameters per block
             at A = 548, plus 4 ``OutBlock_k_sum`` scale factors).
         scale_init: ``"reference"`` initialises the scale factors with the reference constants
-            (GEMNET.md §5; marked fitted); names absent from the table (more than 3 blocks) start at 1
+            (docs/GEMNET.md §5; marked fitted); names absent from the table (more than 3 blocks) start at 1
             unfitted. ``"ones"``: all start at 1, unfitted (fit them with
             :func:`~dpcdvae.nn.gemnet.scaling.fit_scale_factors`).
     """
 
+    @reset_after_build
     def __init__(
         self,
         emb_size_atom: int = 128,
@@ -105,12 +108,11 @@ class GemNetT(nn.Module):
                   for n in names}
 
         self.radial_basis = GaussianRBF(num_radial, cutoff, envelope_exponent)
-        # Shared projections of the radial basis (GEMNET.md §4.2), evaluated as one fused GEMM.
+        # Shared projections of the radial basis (docs/GEMNET.md §4.2), evaluated as one fused GEMM.
         self.mlp_rbf3 = Dense(num_radial, emb_size_rbf, activation=False)
         self.mlp_rbf_h = Dense(num_radial, emb_size_rbf, activation=False)
         self.mlp_rbf_out = Dense(num_radial, emb_size_rbf, activation=False)
         self.mlp_cbf3 = nn.Parameter(torch.empty(num_spherical, num_radial, emb_size_cbf))  # W_cbf[l, r, j]
-        he_orthogonal_(self.mlp_cbf3)
 
         self.edge_emb = EdgeConcatDense(emb_size_atom, num_radial, emb_size_edge)
         self.int_blocks = nn.ModuleList(
@@ -123,12 +125,20 @@ class GemNetT(nn.Module):
             for k in range(num_blocks + 1)
         )
 
+    def reset_parameters(self) -> None:
+        """Draw every weight again (He-orthogonal, docs/GEMNET.md §6), in the order the layers are built;
+        the scale factors keep their values."""
+        for dense in (self.mlp_rbf3, self.mlp_rbf_h, self.mlp_rbf_out):
+            dense.reset_parameters()
+        he_orthogonal_(self.mlp_cbf3)
+        reset_modules(self.edge_emb, self.int_blocks, self.out_blocks)
+
     def scale_factors(self) -> dict[str, ScaleFactor]:
         """{reference name: ScaleFactor} of this model."""
         return scale_factors(self)
 
     def edge_bases(self, graph: PeriodicGraph, width: int | None = None) -> tuple[EdgeBases, Tensor]:
-        """Per-forward shared tensors (GEMNET.md §4.2) and unit edge vectors u [E, 3].
+        """Per-forward shared tensors (docs/GEMNET.md §4.2) and unit edge vectors u [E, 3].
 
         Geometry, bases and the angular table are computed with autocast off in fp32 (fp64 for fp64
         graphs); the rbf projections run in the autocast dtype.
@@ -142,8 +152,7 @@ class GemNetT(nn.Module):
         num_edges = src.shape[0]
         device = dst.device
         gdtype = geometry_dtype(graph.vec)
-        # in-degrees without a host sync (CUDA bincount syncs to size its output)
-        deg = torch.zeros(n, dtype=torch.long, device=device).index_add_(0, dst, torch.ones_like(dst))
+        deg = segment_count(dst, n)  # in-degrees, no host sync
         if width is None:
             width = int(deg.max()) if num_edges > 0 else 1
         width = max(int(width), 1)
@@ -223,5 +232,5 @@ class GemNetT(nn.Module):
             h, m = block(h, m, bases)
             f_edge = f_edge + out_block(m, bases.rbf_out)
         with torch.autocast(device_type=u.device.type, enabled=False):
-            vec = sum_into_atoms(f_edge.to(u.dtype).unsqueeze(-1) * u, bases.dst, bases.num_nodes)
+            vec = segment_sum(f_edge.to(u.dtype).unsqueeze(-1) * u, bases.dst, bases.num_nodes, fp32=True)
         return vec, h

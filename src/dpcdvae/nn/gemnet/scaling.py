@@ -1,4 +1,4 @@
-"""Fixed scale factors of GemNet-T (GEMNET.md §5): constants, buffers, and auto-fitting.
+"""Fixed scale factors of GemNet-T (docs/GEMNET.md §5): constants, buffers, and auto-fitting.
 
 A :class:`ScaleFactor` multiplies a tensor ``y`` by a fixed scalar ``s``. ``s`` lives in a persistent
 fp32 buffer (so it is saved in the state dict, moved with the module and never trained) together
@@ -135,7 +135,7 @@ def fit_scale_factors(
     method: Literal["sequential", "one_pass"] = "sequential",
     refit: bool = False,
 ) -> dict[str, float]:
-    """Fit the scale factors of ``module`` in forward-execution order (GEMNET.md §5).
+    """Fit the scale factors of ``module`` in forward-execution order (docs/GEMNET.md §5).
 
     Args:
         module: any module containing :class:`ScaleFactor` s (GemNet-T or a model around it).
