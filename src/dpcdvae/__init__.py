@@ -8,6 +8,18 @@ Subpackages:
     models      the DP-CDVAE model and its thin Lightning training shell
     sampling    generation / reconstruction drivers and writers (CIF, extxyz)
     evaluation  reconstruction and generation metrics (pymatgen, matminer, smact)
+    pretrained  models shipped with the package: dpcdvae.load_pretrained("perov_5")
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "load_pretrained"]
+
+
+def __getattr__(name: str):
+    """Lazy exports (importing dpcdvae stays cheap: nothing heavy is imported until used)."""
+    if name == "load_pretrained":
+        from dpcdvae.pretrained import load_pretrained
+
+        return load_pretrained
+    raise AttributeError(f"module 'dpcdvae' has no attribute {name!r}")

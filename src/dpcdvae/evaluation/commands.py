@@ -54,7 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(g)
     g.add_argument("--cache-dir", default=None, help="cache root (default: $DPCDVAE_CACHE or ~/.cache/dpcdvae)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the fingerprint cache")
-    g.add_argument("--prop-ckpt", default=None, help="property-model checkpoint for W(E) (else W(E) is null)")
+    g.add_argument("--prop-ckpt", default=None,
+                   help="property-model checkpoint for W(E) (else W(E) is null); pretrained:NAME = the predictor "
+                        "shipped with the pretrained model NAME, e.g. pretrained:perov_5")
+    g.add_argument("--no-shipped-table", action="store_true",
+                   help="recompute the ground truth's fingerprints even when the package ships them for this "
+                        "split (used only when the CSV's content and the settings match)")
     g.add_argument("--prop-device", default="cpu", help="torch device of the property model (default cpu)")
     g.add_argument("--n-wdist", type=int, default=1000, help="valid crystals for W distances (default 1000)")
     g.add_argument("--seed", type=int, default=0, help="seed choosing those crystals (default 0)")
@@ -132,12 +137,12 @@ def _gen(args: argparse.Namespace) -> int:
         raise DPCDVAEError(f"--max-samples must be >= 1, got {args.max_samples}")
     res = evaluate_gen(Path(args.samples), args.dataset, split=args.split, source=args.source, out=Path(args.out),
                        report_dir=_report_dir(args), workers=args.workers, cache_dir=args.cache_dir,
-                       use_cache=not args.no_cache, prop_ckpt=Path(args.prop_ckpt) if args.prop_ckpt else None,
+                       use_cache=not args.no_cache, prop_ckpt=args.prop_ckpt,
                        prop_device=args.prop_device, n_wdist=args.n_wdist, seed=args.seed,
                        max_samples=args.max_samples, subset_seed=args.subset_seed,
                        oxidation_states=args.oxidation_states, pauling_missing=args.pauling_missing,
                        struct_cutoff=args.struct_cutoff, comp_cutoff=args.comp_cutoff,
-                       progress=not args.no_progress)
+                       shipped_table=not args.no_shipped_table, progress=not args.no_progress)
     v, c, w = res["validity"], res["coverage"], res["wdist"]
 
     def f(x):

@@ -69,30 +69,53 @@ def evaluate_items(items: list[CrystalInput], opts: EvalOptions, pool: LazyPool,
 
 def evaluate_csv_cached(csv_path: Path, dataset: str, split_label: str, opts: EvalOptions, pool: LazyPool,
                         cache_dir: Path | None, progress: bool, rows: np.ndarray | None = None,
-                        ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                        shipped: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Evaluate (rows of) a dataset CSV as ground truth (CDVAE preprocessing), through the cache.
 
+    Order: the user's cache (exact key: file sha256, rows, settings, library versions), then a table
+    shipped with the package when ``shipped`` and the CSV's parsed content and the settings match
+    (:mod:`dpcdvae.evaluation.shipped`), else computed now (and cached).
+
     Returns: (table, info) with info = csv, sha256, n, rows_subset, cache (path or None), cache_hit,
-    seconds."""
+    table_source ("cache" | "shipped" | "computed"), shipped_table (what was found), seconds, and
+    warnings / gt_prop (shipped property predictions) when a shipped table is used."""
     from dpcdvae.evaluation import cache as ec
     from dpcdvae.evaluation.io import file_sha256, read_csv_structures
 
     t0 = time.perf_counter()
     sha = file_sha256(csv_path)
-    settings = {"opts": opts.__dict__, "preprocess": "niggli+canonical", "versions": library_versions()}
+    versions = library_versions()
+    settings = {"opts": opts.__dict__, "preprocess": "niggli+canonical", "versions": versions}
     key = ec.table_key(sha, rows, settings)
     path = ec.table_path(cache_dir, dataset, split_label, key) if cache_dir is not None else None
     hit = ec.load_table(path) if path is not None else None
+    found, ship_note = None, ("not looked for (--no-shipped-table)" if not shipped else
+                              "not looked for (a subset of rows)" if rows is not None else "")
     if hit is not None:
-        table = hit[0]
+        table, source = hit[0], "cache"
     else:
-        loaded = read_csv_structures(csv_path, preprocess=True, rows=rows)
-        table = evaluate_items(loaded.items, opts, pool, progress, f"{dataset}/{split_label}")
-        if path is not None:
-            ec.save_table(path, table, {"csv": str(csv_path), "sha256": sha, "settings": settings})
+        if shipped and rows is None:
+            from dpcdvae.evaluation.shipped import find_shipped_table
+
+            found, ship_note = find_shipped_table(dataset, split_label, csv_path, opts)
+        if found is not None:
+            table, source = found.table, "shipped"
+        else:
+            loaded = read_csv_structures(csv_path, preprocess=True, rows=rows)
+            table = evaluate_items(loaded.items, opts, pool, progress, f"{dataset}/{split_label}")
+            source = "computed"
+            if path is not None:
+                ec.save_table(path, table, {"csv": str(csv_path), "sha256": sha, "settings": settings})
     info = {"csv": str(csv_path), "sha256": sha, "n": int(table["valid"].shape[0]),
             "rows_subset": rows is not None, "cache": str(path) if path else None, "cache_hit": hit is not None,
+            "table_source": source, "table_versions": found.info["versions"] if found is not None else versions,
+            "shipped_table": found.info if found is not None else
+            ({"used": False, "reason": ship_note} if ship_note else {"used": False, "reason": "user cache hit"}),
             "seconds": round(time.perf_counter() - t0, 3)}
+    if found is not None:
+        info["warnings"] = list(found.warnings)
+        info["gt_prop"] = found.gt_prop
+        info["shipped_path"] = str(found.path)
     return table, info
 
 
@@ -153,10 +176,12 @@ def _predict(prop_ckpt: Path, table: dict[str, np.ndarray], rows: np.ndarray, de
 
 def property_wdist(prop_ckpt: Path | None, gen: dict[str, np.ndarray], rows: np.ndarray, gt: dict[str, np.ndarray],
                    device: str = "cpu", gt_cache: Path | None = None,
+                   gt_known: dict[str, np.ndarray] | None = None,
                    ) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
     """W distance of predicted properties (CDVAE: the property model on BOTH the valid samples and
     the ground truth). ``gt_cache``: a folder where the ground truth's predictions are cached, keyed
-    by the ground-truth table and the checkpoint's sha256.
+    by the ground-truth table and the checkpoint's sha256. ``gt_known``: ground-truth predictions
+    shipped with a ground-truth table, keyed by the first 16 hex digits of the checkpoint's sha256.
     Returns ({"wdist_prop": float | None, "reason"?: str}, gen preds, gt preds)."""
     from dpcdvae.evaluation.io import file_sha256
     from dpcdvae.evaluation.metrics import wasserstein
@@ -174,8 +199,14 @@ def property_wdist(prop_ckpt: Path | None, gen: dict[str, np.ndarray], rows: np.
     gen_p = _predict(prop_ckpt, gen, rows, device)
     gt_rows = np.flatnonzero(gt["constructed"])
     cache_file = gt_p = None
+    ckpt_sha16 = file_sha256(Path(prop_ckpt))[:16]
+    known = (gt_known or {}).get(ckpt_sha16)
+    if known is not None and known.shape == (gt_rows.size,):
+        gt_p = np.asarray(known, dtype=np.float64)
+        return ({"wdist_prop": wasserstein(gen_p, gt_p), "prop_ckpt": str(prop_ckpt),
+                 "gt_predictions_cached": "shipped"}, gen_p, gt_p)
     if gt_cache is not None:
-        cache_file = Path(gt_cache) / f"prop-{file_sha256(Path(prop_ckpt))[:16]}.npy"
+        cache_file = Path(gt_cache) / f"prop-{ckpt_sha16}.npy"
         if cache_file.is_file():
             gt_p = np.load(cache_file, allow_pickle=False)
             if gt_p.shape != (gt_rows.size,):
@@ -204,7 +235,7 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
                  prop_device: str = "cpu", n_wdist: int = 1000, seed: int = 0, max_samples: int | None = None,
                  subset_seed: int = 0, oxidation_states: str = "smact14", pauling_missing: str = "pass",
                  struct_cutoff: float | None = None, comp_cutoff: float | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 shipped_table: bool = True, progress: bool = True) -> dict[str, Any]:
     """Generation metrics of the crystals in ``samples`` against ``<source>/<dataset>/<split>``.
 
     Args:
@@ -215,6 +246,10 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
         max_samples / subset_seed: score a fixed random subset of the input (reported).
         n_wdist / seed: number of random valid crystals for W distances and diversity, and its seed.
         out / report_dir: where to write metrics.json / report.md + PNGs (optional).
+        prop_ckpt: property-predictor checkpoint for W(E), or ``"pretrained:NAME"`` for the predictor
+            shipped with the pretrained model NAME (e.g. ``pretrained:perov_5``).
+        shipped_table: reuse a ground-truth table shipped with the package when the split's CSV
+            content and the settings match (``dpcdvae.evaluation.shipped``); False recomputes it.
     Returns: the metrics dict (also written to ``out``).
     """
     from dpcdvae.evaluation.cache import resolve_cache_dir
@@ -234,6 +269,9 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     src = resolve_source(source)
     gt_csv = split_csv_path(src, dataset, split)
     # everything that can fail is checked before the (slow) fingerprints
+    from dpcdvae.pretrained import resolve_prop_ckpt
+
+    prop_ckpt = resolve_prop_ckpt(prop_ckpt, dataset)
     if prop_ckpt is not None and not Path(prop_ckpt).is_file():
         raise FileNotFoundError(f"--prop-ckpt {prop_ckpt} not found")
     check_output_file(out)
@@ -245,9 +283,11 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     loaded = None if samples.name.lower().endswith((".csv", ".csv.gz")) else load_crystals(samples)
 
     timing: dict[str, float] = {}
-    input_warnings: list[str] = []
     with LazyPool(workers) as pool:
-        gt, gt_info = evaluate_csv_cached(gt_csv, dataset, split, opts, pool, cdir, progress)
+        gt, gt_info = evaluate_csv_cached(gt_csv, dataset, split, opts, pool, cdir, progress,
+                                          shipped=shipped_table)
+        gt_known = gt_info.pop("gt_prop", None)
+        input_warnings = gt_info.pop("warnings", [])
         timing["ground_truth_s"] = gt_info["seconds"]
         t0 = time.perf_counter()
         if loaded is None:  # a dataset CSV scored as if generated (e.g. the val split: data ceiling)
@@ -256,13 +296,16 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
             n_rows = len(pd.read_csv(samples, usecols=["cif"]))
             _, rows = _subset_items(list(range(n_rows)), max_samples, subset_seed)
             label = samples.name.split(".")[0] + ("" if rows is None else f"-subset{len(rows)}-seed{subset_seed}")
-            gen, gen_info = evaluate_csv_cached(samples, dataset, label, opts, pool, cdir, progress, rows)
+            gen, gen_info = evaluate_csv_cached(samples, dataset, label, opts, pool, cdir, progress, rows,
+                                                shipped=shipped_table)
+            gen_info.pop("gt_prop", None)
+            input_warnings += gen_info.pop("warnings", [])
             input_info = {"kind": "csv", "note": f"{samples.name}: dataset rows, Niggli + canonical lattice",
                           "cache_hit": gen_info["cache_hit"]}
         else:
             items, rows = _subset_items(loaded.items, max_samples, subset_seed)
             gen = evaluate_items(items, opts, pool, progress, "samples")
-            input_warnings = unparsable_cif_warnings(items, gen)
+            input_warnings += unparsable_cif_warnings(items, gen)
             input_info = {"kind": loaded.kind, "note": loaded.note, "meta": loaded.meta}
         timing["samples_s"] = round(time.perf_counter() - t0, 3)
     input_info.update(path=str(samples), n_input=(n_rows if loaded is None else len(loaded.items)),
@@ -272,7 +315,10 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     t0 = time.perf_counter()
     metrics, wrows = gen_metrics(gen, gt, struct_cutoff, comp_cutoff, n_wdist, seed)
     gt_cache = Path(gt_info["cache"]).with_suffix("") if gt_info["cache"] else None  # folder per ground-truth table
-    prop, gen_p, gt_p = property_wdist(prop_ckpt, gen, wrows, gt, prop_device, gt_cache)
+    if gt_cache is not None and gt_info["table_source"] == "shipped":  # predictions on the shipped table's rows
+        gt_cache = gt_cache.with_name(f"{split}-shipped-{gt_info['shipped_table']['cif_sha256'][:16]}")
+    gt_info.pop("shipped_path", None)
+    prop, gen_p, gt_p = property_wdist(prop_ckpt, gen, wrows, gt, prop_device, gt_cache, gt_known)
     metrics["wdist"].update(prop)
     if input_warnings:
         metrics["warnings"] = input_warnings + metrics.get("warnings", [])

@@ -38,6 +38,8 @@ def _hist(ax, gen: np.ndarray, gt: np.ndarray, title: str, integer: bool = False
             ax.hist(np.clip(data, bins[0], bins[-1]), bins=bins, density=True, alpha=0.55, label=f"{name} (n={data.size})",
                     color=color)
     ax.set_title(title)
+    ax.set_xlabel(title)
+    ax.set_ylabel("fraction of crystals per bin" if integer else "probability density")
     ax.legend(fontsize=8)
 
 

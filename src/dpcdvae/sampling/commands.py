@@ -1,13 +1,17 @@
-"""CLI: ``dpcdvae sample`` and ``dpcdvae reconstruct``."""
+"""CLI: ``dpcdvae sample`` and ``dpcdvae reconstruct`` (``--ckpt FILE`` or ``--pretrained NAME``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, type=Path, help="model.pt, exported folder or Lightning .ckpt")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ckpt", type=Path, help="model.pt, exported folder or Lightning .ckpt")
+    which.add_argument("--pretrained", metavar="NAME",
+                       help="a model shipped with the package instead of --ckpt (perov_5; offline)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--batch-size", type=int, default=None, help="crystals per batch")
     p.add_argument("--steps", type=int, default=None,
@@ -44,9 +48,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_reconstruct)
 
 
+def _ckpt(args: argparse.Namespace) -> Path:
+    """--ckpt, or the shipped model folder of --pretrained NAME (one-line error for an unknown NAME)."""
+    if args.pretrained is None:
+        return args.ckpt
+    from dpcdvae.pretrained import get_info, model_path
+
+    info = get_info(args.pretrained)
+    print(f"pretrained {info.name}: {info.label}", file=sys.stderr)
+    return model_path(args.pretrained)
+
+
 def _sample(args: argparse.Namespace) -> int:
     from dpcdvae.sampling.run import result_json, sample
 
+    args.ckpt = _ckpt(args)
     if args.devices != 1:
         if args.world_size != 1 or args.rank != 0:
             raise ValueError("use either --devices N (one command) or --rank/--world-size (one command per shard)")
@@ -72,6 +88,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _reconstruct(args: argparse.Namespace) -> int:
     from dpcdvae.sampling.run import reconstruct, result_json
 
+    args.ckpt = _ckpt(args)
     res = reconstruct(args.ckpt, args.out, split=args.split, cache_dir=args.cache_dir, batch_size=args.batch_size,
                       steps=args.steps, sampler=args.sampler, seed=args.seed, device=args.device,
                       resume=args.resume, limit=args.limit, write_cifs=not args.no_cif,
