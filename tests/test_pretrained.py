@@ -201,7 +201,7 @@ def test_headline_finds_the_seven_numbers():
                                "wdist_num_elems": 0.05})
     text = format_headline(h, "ours")
     assert len(text.splitlines()) == 8 and max(map(len, text.splitlines())) < 100
-    assert "98.07" in text and "98.63" in text  # paper and data ceiling beside ours
+    assert "98.07" in text and "98.63" in text and "55.80" in text  # paper and data ceilings beside ours
     with pytest.raises(KeyError, match="coverage.cov_recall"):
         headline({**_metrics_dict(), "coverage": {}})
 

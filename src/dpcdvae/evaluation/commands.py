@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "gen", help="validity, COV, Wasserstein distances of generated crystals",
         description="CDVAE generation metrics of SAMPLES (sample folder, CIF folder, .extxyz, or a dataset "
         "CSV scored as if generated) against the ground-truth split. The ground truth's fingerprints are "
-        "cached in the cache dir.")
+        "cached in the cache dir; for perov_5 test they ship with the package and are used when the CSV's "
+        "content and the settings match (metrics.json: ground_truth.shipped_table).")
     g.add_argument("--samples", required=True, help="generated crystals")
     _common(g)
     g.add_argument("--cache-dir", default=None, help="cache root (default: $DPCDVAE_CACHE or ~/.cache/dpcdvae)")

@@ -52,7 +52,8 @@ PRETRAINED: dict[str, PretrainedInfo] = {
     "perov_5": PretrainedInfo(
         name="perov_5",
         dataset="perov_5",
-        label="20-minute budget model, not yet the paper's quality (reconstruction 63.14 % match vs the paper's 90.04 %)",
+        label=("20-minute budget model, not yet the paper's quality "
+               "(reconstruction 63.14 % match vs the paper's 90.04 %)"),
         training={
             "config": "perov_5 preset (the paper's model, encoder dime, 10.9 M parameters), budget recipe",
             "hardware": "one shared NVIDIA H200 (four runs side by side, roughly 0.6-0.7 of the card)",
