@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from dpcdvae.jsonio import dumps_strict
+
 FORMAT = "dpcdvae-gt-table-v1"
 PROP_PREFIX = "gt_prop__"
 
@@ -84,7 +86,7 @@ def write_shipped_table(path: Path, table: dict[str, np.ndarray], *, dataset: st
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, __meta__=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+        np.savez_compressed(fh, __meta__=np.array(dumps_strict(meta, indent=None, sort_keys=True)), **arrays)
     os.replace(tmp, path)
     return path
 
