@@ -173,7 +173,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                 continue
             mpath = rdir / "metrics.json"
             if not mpath.is_file() or args.rescore:
-                evaluate_recon(rdir, s and json.loads((run_dir / "config.json").read_text())["data"]["dataset"],
+                dataset = json.loads((run_dir / "config.json").read_text())["data"]["dataset"]
+                evaluate_recon(rdir, dataset,
                                source=args.source, out=mpath, report_dir=None, workers=args.workers,
                                fp_check=not args.no_fp_check, progress=False)
             m = json.loads(mpath.read_text())
