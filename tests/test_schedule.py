@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dpcdvae.models.schedule import BudgetClock, WeightEMA, cosine_lr, ema_state_dict, warmup_factor
+from dpcdvae.models.schedule import BudgetClock, WeightEMA, coord_multiplier, cosine_lr, ema_state_dict, warmup_factor
 from dpcdvae.models.train import check_train_config
 
 
@@ -89,8 +89,32 @@ def test_ema_converges_to_a_constant():
     assert torch.allclose(ema.shadow["weight"], torch.ones(2, 2), atol=1e-6)
 
 
+def test_coord_multiplier_step_and_ramp():
+    assert coord_multiplier(0.29, 0.3, 10.0) == 1.0
+    assert coord_multiplier(0.3, 0.3, 10.0) == 10.0  # ramp 0: the reference's switch
+    assert coord_multiplier(0.29, 0.3, 10.0, 0.2) == 1.0
+    assert coord_multiplier(0.4, 0.3, 10.0, 0.2) == pytest.approx(5.5)
+    assert coord_multiplier(0.5, 0.3, 10.0, 0.2) == pytest.approx(10.0)
+    assert coord_multiplier(0.9, 0.3, 10.0, 0.2) == pytest.approx(10.0)
+    vals = [coord_multiplier(p / 100, 0.3, 10.0, 0.2) for p in range(101)]
+    assert all(b >= a for a, b in zip(vals, vals[1:]))
+
+
+def test_module_flags_read_the_ramp():
+    from dpcdvae.config import load_config
+    from dpcdvae.models.lightning import DPCDVAEModule
+
+    cfg = load_config("perov_5")
+    cfg["train"].update(mul_cost_coord_fraction=0.4, mul_cost_coord_ramp=0.2)
+    module = DPCDVAEModule(nn.Linear(1, 1), cfg)
+    assert module._flags(0.1) == (True, 1.0)
+    teacher, mult = module._flags(0.5)
+    assert not teacher and mult == pytest.approx(5.5)
+    assert module._flags(0.7)[1] == pytest.approx(10.0)
+
+
 @pytest.mark.parametrize("key,value", [
-    ("lr_schedule", "linear"), ("model_weights", "best"), ("teacher_forcing_fraction", 1.5),
+    ("mul_cost_coord_ramp", 1.5), ("checkpoint_minutes", 0), ("lr_schedule", "linear"), ("model_weights", "best"), ("teacher_forcing_fraction", 1.5),
     ("ema_decay", 1.0), ("ema_decay", "abc"), ("max_minutes", -1), ("segment_minutes", 0), ("min_lr", 1.0),
 ])
 def test_bad_schedule_values_rejected(key, value):
@@ -124,7 +148,8 @@ def test_budget_run_segments_resume_and_write_ema_weights(prepared_cache, tmp_pa
     out = tmp_path / "run"
     sets = ["train.max_epochs=100000", "train.max_minutes=0.2", "train.segment_minutes=0.08",
             "train.lr_schedule=cosine", "train.min_lr=1.0e-5", "train.ema_decay=0.9", "train.ema_start=0.3",
-            "train.teacher_forcing_fraction=0.5", "train.model_weights=ema_denoiser"]
+            "train.teacher_forcing_fraction=0.5", "train.model_weights=ema_denoiser",
+            "train.checkpoint_minutes=0.03"]
     r1 = train(config="tiny", out=out, overrides=sets, cache_dir=prepared_cache, limit=64, progress=False)
     assert r1.stopped_by == "segment" and not r1.budget_done
     assert 0.07 <= r1.trained_minutes_total < 0.2

@@ -11,7 +11,7 @@ import torch
 from dpcdvae.data.batch import CrystalBatch
 from dpcdvae.models.dpcdvae import LOSS_KEYS, DPCDVAE
 from dpcdvae.models.callbacks import TimeBudget
-from dpcdvae.models.schedule import cosine_lr, warmup_factor
+from dpcdvae.models.schedule import coord_multiplier, cosine_lr, warmup_factor
 
 __all__ = ["DPCDVAEModule", "NonFiniteLossError"]
 
@@ -58,9 +58,10 @@ class DPCDVAEModule(pl.LightningModule):
         tf_frac = tc.get("teacher_forcing_fraction")
         teacher = progress < float(tf_frac) if tf_frac is not None else epoch < int(tc["teacher_forcing_max_epoch"])
         mc_frac = tc.get("mul_cost_coord_fraction")
-        on = progress >= float(mc_frac) if mc_frac is not None else epoch >= int(tc["mul_cost_coord_epoch"])
-        mult = float(self.config["model"]["loss"]["mul_cost_coord"]) if on else 1.0
-        return teacher, mult
+        full = float(self.config["model"]["loss"]["mul_cost_coord"])
+        if mc_frac is not None:
+            return teacher, coord_multiplier(progress, float(mc_frac), full, float(tc.get("mul_cost_coord_ramp") or 0.0))
+        return teacher, full if epoch >= int(tc["mul_cost_coord_epoch"]) else 1.0
 
     def on_train_batch_start(self, batch: CrystalBatch, batch_idx: int) -> None:
         """Set this step's learning rate: linear warm-up over ``train.warmup_steps`` optimizer steps

@@ -10,7 +10,10 @@ schedules by epoch is scheduled here by the *progress* p in [0, 1] of that budge
     ``plateau``: the reference's ReduceLROnPlateau on the validation loss (factor, patience, min_lr),
                  with the same linear warm-up; p is not used.
 - teacher forcing while p < ``teacher_forcing_fraction`` (the paper: 400 of 3000 epochs = 0.133);
-- the x``mul_cost_coord`` coordinate-loss weight once p >= ``mul_cost_coord_fraction`` (null = never).
+- the x``mul_cost_coord`` coordinate-loss weight once p >= ``mul_cost_coord_fraction`` (null = never),
+  reached linearly over ``mul_cost_coord_ramp`` of the budget (0 = the reference's step switch; a step
+  from 1 to 10 makes Adam's first moment jump while its second moment lags, and one such switch early
+  in a run blew the loss up, RESULTS.md).
 
 With ``*_fraction`` null the epoch keys (``teacher_forcing_max_epoch``, ``mul_cost_coord_epoch``) apply,
 which reproduces the reference schedule (preset ``perov_5_paper``).
@@ -28,7 +31,7 @@ import time
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BudgetClock", "cosine_lr", "warmup_factor", "WeightEMA", "ema_state_dict"]
+__all__ = ["BudgetClock", "cosine_lr", "warmup_factor", "coord_multiplier", "WeightEMA", "ema_state_dict"]
 
 
 class BudgetClock:
@@ -92,6 +95,17 @@ def cosine_lr(progress: float, lr: float, min_lr: float) -> float:
     """Cosine annealing from ``lr`` (progress 0) to ``min_lr`` (progress 1)."""
     p = min(1.0, max(0.0, float(progress)))
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def coord_multiplier(progress: float, start: float, mult: float, ramp: float = 0.0) -> float:
+    """Coordinate-loss multiplier at ``progress``: 1 before ``start``, then linear from 1 to ``mult`` over
+    ``ramp`` (a fraction of the budget; 0 = switch at once), ``mult`` after."""
+    p = float(progress)
+    if p < start:
+        return 1.0
+    if ramp <= 0.0:
+        return float(mult)
+    return 1.0 + (float(mult) - 1.0) * min(1.0, (p - start) / float(ramp))
 
 
 class WeightEMA:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,14 +72,14 @@ def check_train_config(tcfg: dict) -> None:
         raise ValueError(f"train.lr_schedule must be 'cosine' or 'plateau', got {tcfg.get('lr_schedule')!r}")
     if str(tcfg.get("model_weights") or "raw") not in WEIGHTS:
         raise ValueError(f"train.model_weights must be one of {', '.join(WEIGHTS)}, got {tcfg.get('model_weights')!r}")
-    for key in ("teacher_forcing_fraction", "mul_cost_coord_fraction", "ema_start"):
+    for key in ("teacher_forcing_fraction", "mul_cost_coord_fraction", "mul_cost_coord_ramp", "ema_start"):
         v = tcfg.get(key)
         if v is not None and not (isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0):
             raise ValueError(f"train.{key} must be null or a number in [0, 1], got {v!r}")
     d = tcfg.get("ema_decay") or 0.0
     if not (isinstance(d, (int, float)) and 0.0 <= float(d) < 1.0):
         raise ValueError(f"train.ema_decay must be a number in [0, 1) (0 = no average), got {d!r}")
-    for key in ("max_minutes", "segment_minutes"):
+    for key in ("max_minutes", "segment_minutes", "checkpoint_minutes"):
         v = tcfg.get(key)
         if v is not None and not (isinstance(v, (int, float)) and float(v) > 0):
             raise ValueError(f"train.{key} must be null or a positive number of minutes, got {v!r}")
@@ -203,8 +204,12 @@ def train(
     budget = TimeBudget(tcfg.get("max_minutes"), tcfg.get("segment_minutes"))
     module = DPCDVAEModule(model, cfg, budget)
     throughput = Throughput()
+    # Checkpoints after each validation, or (``train.checkpoint_minutes``) on a wall-clock cadence: a
+    # 175 MB checkpoint pair every 5 s costs a fast run several percent of its budget.
+    every = tcfg.get("checkpoint_minutes")
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min",
-                           save_top_k=1, save_last=True)
+                           save_top_k=1, save_last=True,
+                           train_time_interval=timedelta(minutes=float(every)) if every else None)
     callbacks = [best, throughput, LearningRateMonitor(logging_interval="epoch"), budget]
     ema = None
     if float(tcfg.get("ema_decay") or 0.0) > 0.0:
