@@ -148,7 +148,10 @@ def train(
             apply). The time budget ``train.max_minutes`` counts over all invocations of the run, and
             the schedule continues where it stopped; ``--set train.segment_minutes=M`` stops one
             invocation after M minutes, ``--set train.max_minutes=B`` with a larger B extends the budget
-            (the cosine schedule then stretches to the new end).
+            (the cosine schedule then stretches to the new end). A stop inside an epoch resumes exactly:
+            the same epoch continues at the next batch (``TrainResult.resume_batch``) with the same data
+            order, global step and random state, and the partial epoch is not validated
+            (:class:`~dpcdvae.models.callbacks.TimeBudget`).
         cache_dir: tensor cache (``dpcdvae data prepare``); default ``DPCDVAE_CACHE`` or ~/.cache/dpcdvae.
         devices, strategy, accelerator: passed to Lightning (``--devices 2 --strategy ddp``; docs/MULTIGPU.md).
             Under DDP every rank runs this function (Lightning relaunches the command line); only global
