@@ -29,6 +29,14 @@ class DeviceLoader:
     evaluated crystals do not depend on world_size (ranks may then run one batch more or less).
     ``max_batches`` caps the batches per rank with equal shards, the global batches otherwise.
     A rank that would get no batch at all (G < world_size, tiny sets only) repeats a batch.
+
+    Exact mid-epoch resume: the loader is *stateful* in Lightning's sense (``state_dict`` /
+    ``load_state_dict``), so every checkpoint records ``{"epoch", "batches_done"}`` of the iteration in
+    progress, and a restart mid-epoch continues the same epoch (same permutation) at the next batch:
+    ``load_state_dict`` sets ``epoch`` and ``start_batch``, and the next iteration skips the first
+    ``start_batch`` batches of this rank (once; :meth:`set_epoch` or the end of that iteration clears it).
+    The count is exact because the loader has a length, so Lightning's fetcher does not prefetch: a batch
+    is yielded when the training loop takes it.
     """
 
     def __init__(
@@ -52,7 +60,29 @@ class DeviceLoader:
         self.world_size = world_size
         self.max_batches = max_batches
         self.equal_shards = equal_shards
-        self.epoch = 0
+        self.epoch = 0          # the permutation of the next iteration is drawn from seed + epoch
+        self.start_batch = 0    # the next iteration skips this many of its batches (exact resume)
+        self._iter_epoch = 0    # epoch of the iteration in progress (or last run)
+        self._yielded = 0       # batches that iteration has yielded, skipped ones included
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its first batch at the next iteration."""
+        self.epoch = int(epoch)
+        self.start_batch = 0
+        self._yielded = 0
+
+    def state_dict(self) -> dict:
+        """Position in the data: the epoch of the iteration in progress and how many of its batches were
+        taken (saved in checkpoints by Lightning; plain ints)."""
+        if self._yielded == 0:  # no iteration started since the last set_epoch / load_state_dict
+            return {"epoch": int(self.epoch), "batches_done": int(self.start_batch)}
+        return {"epoch": int(self._iter_epoch), "batches_done": int(self._yielded)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue at batch ``batches_done`` of epoch ``epoch`` at the next iteration."""
+        self.epoch = int(state.get("epoch", 0))
+        self.start_batch = max(0, int(state.get("batches_done", 0)))
+        self._yielded = 0
 
     def _num_global_batches(self) -> int:
         return self.dataset.num_batches(self.batch_size, self.drop_last)
@@ -78,11 +108,14 @@ class DeviceLoader:
             order = torch.randperm(n, generator=gen).to(self.dataset.device)
         else:
             order = torch.arange(n, device=self.dataset.device)
+        skip, self.start_batch = self.start_batch, 0
+        self._iter_epoch, self._yielded = self.epoch, skip
         self.epoch += 1
-        for b in self.global_batches():
+        for b in self.global_batches()[skip:]:
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             if idx.numel() == 0:
                 idx = order[: self.batch_size]
+            self._yielded += 1
             yield self.dataset.batch(idx)
 
 

@@ -84,7 +84,24 @@ class DPCDVAEModule(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         loader = getattr(dm, "train_loader", None)
         if loader is not None:
-            loader.epoch = self.current_epoch
+            loader.set_epoch(self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        """Step the plateau scheduler at the end of an epoch that was resumed in its middle.
+
+        Lightning skips plateau schedulers at the end of the epoch a checkpoint restarted in (the metric
+        they read was not saved), but a mid-epoch ``--resume`` (:class:`~dpcdvae.models.callbacks.TimeBudget`)
+        validates that epoch in full, as the uninterrupted run does; stepping here keeps the LR schedule of
+        the resumed run equal to the uninterrupted one. (Called before the loop's own step, which does
+        not run while restarting, so no epoch is stepped twice.)"""
+        trainer = self.trainer
+        loop = trainer.fit_loop
+        if not loop.restarting or trainer.num_training_batches == float("inf"):
+            return
+        if "val_loss" not in trainer.callback_metrics:  # this epoch was not validated (in this invocation)
+            return
+        if loop.epoch_loop.batch_progress.current.ready >= trainer.num_training_batches:  # a whole epoch
+            loop.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=True)
 
     def training_step(self, batch: CrystalBatch, batch_idx: int) -> torch.Tensor:
         teacher, mult = self._flags(self._progress_now if self._progress_now is not None else self.progress())

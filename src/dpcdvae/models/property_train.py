@@ -58,7 +58,7 @@ class PropertyModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         if self.loader is not None:
-            self.loader.epoch = self.current_epoch
+            self.loader.set_epoch(self.current_epoch)
 
     def train_dataloader(self) -> DeviceLoader:
         self.loader = DeviceLoader(self.train_ds.to(self.device), self.batch_size, shuffle=True, seed=self.seed,

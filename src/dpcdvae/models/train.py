@@ -35,6 +35,7 @@ class TrainResult:
     trained_minutes_total: float | None = None  # over every invocation of the run (--resume)
     budget_done: bool = True                   # False: stopped by train.segment_minutes; --resume continues
     ema_model_paths: list | None = None        # model_ema.pt (all weights averaged), model_ema_denoiser.pt
+    resume_batch: int | None = None            # stopped inside epoch `epochs`: --resume continues it at this batch
     device_name: str | None = None
 
 
@@ -147,7 +148,10 @@ def train(
             apply). The time budget ``train.max_minutes`` counts over all invocations of the run, and
             the schedule continues where it stopped; ``--set train.segment_minutes=M`` stops one
             invocation after M minutes, ``--set train.max_minutes=B`` with a larger B extends the budget
-            (the cosine schedule then stretches to the new end).
+            (the cosine schedule then stretches to the new end). A stop inside an epoch resumes exactly:
+            the same epoch continues at the next batch (``TrainResult.resume_batch``) with the same data
+            order, global step and random state, and the partial epoch is not validated
+            (:class:`~dpcdvae.models.callbacks.TimeBudget`).
         cache_dir: tensor cache (``dpcdvae data prepare``); default ``DPCDVAE_CACHE`` or ~/.cache/dpcdvae.
         devices, strategy, accelerator: passed to Lightning (``--devices 2 --strategy ddp``; docs/MULTIGPU.md).
             Under DDP every rank runs this function (Lightning relaunches the command line); only global
@@ -201,7 +205,9 @@ def train(
         from dpcdvae.models.compile import compile_model
 
         compile_model(model)
-    budget = TimeBudget(tcfg.get("max_minutes"), tcfg.get("segment_minutes"))
+    # a stop inside an epoch is saved there, at the stop batch, and becomes last.ckpt (TimeBudget doc)
+    stop_ckpt = out / "checkpoints" / "stop.ckpt"
+    budget = TimeBudget(tcfg.get("max_minutes"), tcfg.get("segment_minutes"), stop_checkpoint=stop_ckpt)
     module = DPCDVAEModule(model, cfg, budget)
     throughput = Throughput()
     # Checkpoints after each validation, or (``train.checkpoint_minutes``) on a wall-clock cadence: a
@@ -210,11 +216,12 @@ def train(
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min",
                            save_top_k=1, save_last=True,
                            train_time_interval=timedelta(minutes=float(every)) if every else None)
-    callbacks = [best, throughput, LearningRateMonitor(logging_interval="epoch"), budget]
+    callbacks = [best, throughput, LearningRateMonitor(logging_interval="epoch")]
     ema = None
     if float(tcfg.get("ema_decay") or 0.0) > 0.0:
         ema = EMACallback(float(tcfg["ema_decay"]), float(tcfg.get("ema_start") or 0.0))
         callbacks.append(ema)
+    callbacks.append(budget)  # after the weight average: a mid-epoch stop snapshot holds the stop step's average
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -234,9 +241,15 @@ def train(
     t0 = time.monotonic()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     minutes = (time.monotonic() - t0) / 60.0
-    # Always leave an exact resumable state, also when the time budget stopped mid-epoch. Under DDP this
-    # must run on every rank (Lightning writes on rank 0 and ends with a barrier).
-    trainer.save_checkpoint(_last_ckpt(out))
+    # Always leave an exact resumable state. A stop inside an epoch was saved at its stop batch (the state
+    # after fit would mark the partial epoch finished); otherwise save now. Under DDP both must run on every
+    # rank (Lightning writes on rank 0 and ends with a barrier).
+    if budget.stopped_mid_epoch:
+        if trainer.is_global_zero:
+            os.replace(stop_ckpt, _last_ckpt(out))
+        trainer.strategy.barrier("dpcdvae_stop_checkpoint")
+    else:
+        trainer.save_checkpoint(_last_ckpt(out))
     model_path = out / "model.pt"
     ema_paths: list[str] | None = None
     if trainer.is_global_zero:
@@ -254,7 +267,8 @@ def train(
         stopped = "other"
     tp = throughput.summary()
     result = TrainResult(
-        out_dir=str(out), epochs=int(trainer.current_epoch), global_step=int(trainer.global_step),
+        out_dir=str(out), epochs=int(budget.stop["epoch"] if budget.stopped_mid_epoch else trainer.current_epoch),
+        global_step=int(trainer.global_step),
         minutes=minutes, stopped_by=stopped,
         # ranks step in lock-step on equal shards, so all ranks together do world_size x rank 0's rate
         crystals_per_s=float(tp["crystals_per_s"]) * trainer.world_size,
@@ -266,6 +280,7 @@ def train(
         budget_minutes=float(tcfg["max_minutes"]) if tcfg.get("max_minutes") else None,
         trained_minutes_total=budget.clock.elapsed_s() / 60.0, budget_done=stopped != "segment",
         ema_model_paths=ema_paths,
+        resume_batch=int(budget.stop["batches_done"]) if budget.stopped_mid_epoch else None,
         device_name=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     )
     if trainer.is_global_zero:
