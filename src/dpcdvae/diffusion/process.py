@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from dpcdvae.diffusion import ddpm, score
 from dpcdvae.diffusion.ddpm import crystal_mean
 from dpcdvae.diffusion.schedule import DiffusionSchedule
+from dpcdvae.config_schema import fields_by_key
 from dpcdvae.registry import PROCESSES, SAMPLERS
 
 __all__ = ["NoisyBatch", "CoordinateProcess", "DDPMProcess", "ScoreProcess", "PROCESSES", "build_process",
@@ -318,8 +319,9 @@ def check_process_config(model_cfg: dict) -> None:
     cls = PROCESSES[process_name(model_cfg)]
     den = model_cfg.get("denoiser_cfg") or {}
     cond = den.get("conditioning", "dpcdvae")
-    if cond not in ("dpcdvae", "cdvae"):
-        raise ValueError(f"model.denoiser_cfg.conditioning must be dpcdvae or cdvae, got {cond!r}")
+    conditionings = fields_by_key()["model.denoiser_cfg.conditioning"].choices  # dpcdvae | cdvae
+    if cond not in conditionings:
+        raise ValueError(f"model.denoiser_cfg.conditioning must be {' or '.join(conditionings)}, got {cond!r}")
     fourier = den.get("fourier")
     if fourier is not None and not isinstance(fourier, bool):
         raise ValueError(f"model.denoiser_cfg.fourier must be true, false or null, got {fourier!r}")
