@@ -2,12 +2,15 @@
 
 A config is a plain nested dict (JSON-compatible, so it is saved inside checkpoints and loads with
 ``torch.load(weights_only=True)``). A preset may name ``base: <preset>`` to inherit from another.
+Keys, types, defaults, ranges and choices are those of the typed schema
+(:mod:`dpcdvae.config_schema`): every preset and every ``--set`` override is checked against it
+(unknown key, wrong type: one line naming the key), :func:`check_config_values` checks a whole config.
 """
 
 from __future__ import annotations
 
 import copy
-import math
+import functools
 import re
 from importlib import resources
 from pathlib import Path
@@ -15,7 +18,10 @@ from typing import Any
 
 import yaml
 
-__all__ = ["load_config", "apply_overrides", "list_presets", "deep_merge", "check_config_values"]
+from dpcdvae import config_schema
+
+__all__ = ["load_config", "apply_overrides", "list_presets", "deep_merge", "check_config_values", "load_preset",
+           "NUMERIC_KEYS"]
 
 
 def list_presets() -> list[str]:
@@ -47,29 +53,48 @@ def _read(name_or_path: str) -> dict:
             )
         text = res.read_text()
     cfg = yaml.safe_load(text) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config {name_or_path!r} must be a mapping of keys, got {cfg!r}")
     base = cfg.pop("base", None)
+    try:
+        config_schema.validate(cfg, values=False, choices=False)  # unknown keys, wrong types
+    except ValueError as err:
+        raise ValueError(f"config {name_or_path}: {err}") from None
     return deep_merge(_read(base), cfg) if base else cfg
+
+
+@functools.lru_cache(maxsize=None)
+def _preset(name: str) -> dict:
+    return _read(name)
+
+
+def load_preset(name: str) -> dict:
+    """A shipped preset as a dict (a fresh copy; no overrides, no ``name`` key), e.g. ``tiny``."""
+    return copy.deepcopy(_preset(name))
 
 
 def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
     """Apply ``key.sub=value`` overrides; values are parsed as YAML (numbers, null, lists...).
 
-    Unknown keys are an error (a typo must not silently train another model).
+    A key outside the schema or a value of the wrong type is an error naming the key (a typo must
+    not silently train another model); ranges and choices are checked by :func:`check_config_values`.
     """
     out = copy.deepcopy(cfg)
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key.sub=value")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
+        key = key.strip()
+        config_schema.check_key(key)
+        val = parse_value(raw)
+        config_schema.check_type(key, val)
+        parts = key.split(".")
         node: Any = out
         for part in parts[:-1]:
-            if not isinstance(node, dict) or part not in node:
-                raise ValueError(f"unknown config key {key!r}")
+            if not isinstance(node.get(part), dict):  # absent in a config saved before the key existed
+                node[part] = {}
             node = node[part]
-        if not isinstance(node, dict) or parts[-1] not in node:
-            raise ValueError(f"unknown config key {key!r}")
-        node[parts[-1]] = parse_value(raw)
+        node[parts[-1]] = val
     return out
 
 
@@ -94,72 +119,29 @@ def load_config(name_or_path: str, overrides: list[str] | None = None, encoder: 
     return cfg
 
 
-def _rule(kind: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-          hi_open: bool = False, null: bool = False) -> tuple:
-    return kind, lo, hi, lo_open, hi_open, null
+def _numeric_keys() -> dict[str, tuple]:
+    out = {}
+    for key, spec in config_schema.fields_by_key().items():
+        if spec.type in (int, float):
+            out[key] = ("int" if spec.type is int else "num", spec.lo, spec.hi, spec.lo_open, spec.hi_open,
+                        spec.nullable)
+    return out
 
 
-_INT1, _INT0, _POS, _NONNEG = _rule("int", 1), _rule("int", 0), _rule("num", 0, lo_open=True), _rule("num", 0)
-# dotted key -> (kind, min, max, min open?, max open?, null allowed?). The schedule keys of ``train``
-# (fractions, minutes, EMA, lr <= min_lr) are checked by dpcdvae.models.train.check_train_config.
-NUMERIC_KEYS: dict[str, tuple] = {
-    "data.batch_size": _INT1, "data.eval_batch_size": _INT1, "data.max_atoms": _INT1,
-    "data.num_val_batches": _rule("int", 1, null=True), "data.holdout_fraction": _rule("num", 0, 1, True, True),
-    "model.latent_dim": _INT1, "model.hidden_dim": _INT1, "model.fc_num_layers": _INT1, "model.num_types": _INT1,
-    "model.encoder_cfg.cutoff": _POS, "model.encoder_cfg.max_neighbors": _rule("int", 1, null=True),
-    "model.encoder_cfg.hidden_channels": _INT1, "model.encoder_cfg.num_blocks": _INT1,
-    "model.encoder_cfg.out_channels": _INT1,
-    "model.denoiser_cfg.cutoff": _POS, "model.denoiser_cfg.max_neighbors": _rule("int", 1, null=True),
-    "model.denoiser_cfg.emb_size_edge": _INT1, "model.denoiser_cfg.num_blocks": _INT1,
-    "model.denoiser_cfg.atom_emb_dim": _INT1, "model.denoiser_cfg.time_dim": _INT1,
-    "model.diffusion.num_steps": _rule("int", 2), "model.diffusion.beta_start": _rule("num", 0, 1, True, True),
-    "model.diffusion.beta_end": _rule("num", 0, 1, True, True), "model.diffusion.type_sigma_begin": _POS,
-    "model.diffusion.type_sigma_end": _POS,
-    "model.score.num_levels": _rule("int", 2), "model.score.sigma_max": _POS, "model.score.sigma_min": _POS,
-    "model.score.type_sigma_max": _POS, "model.score.type_sigma_min": _POS,
-    "model.score.steps_per_level": _INT1, "model.score.step_lr": _POS,
-    "train.seed": _rule("int"), "train.max_epochs": _INT1, "train.lr": _POS, "train.min_lr": _NONNEG,
-    "train.warmup_steps": _INT0, "train.lr_factor": _rule("num", 0, 1, True, True), "train.lr_patience": _INT0,
-    "train.grad_clip_value": _rule("num", 0, null=True), "train.check_val_every_n_epoch": _INT1,
-    "train.log_every_n_steps": _INT1, "train.teacher_forcing_max_epoch": _INT0, "train.mul_cost_coord_epoch": _INT0,
-    "sample.batch_size": _INT1,
-}
-
-
-def _lookup(cfg: dict, key: str) -> tuple[bool, Any]:
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
+# dotted key -> (kind, min, max, min open?, max open?, null allowed?), read from the schema (kept for
+# callers of the former table). The schedule keys of ``train`` (fractions, minutes, EMA, lr <= min_lr)
+# are cross-checked by dpcdvae.models.train.check_train_config.
+NUMERIC_KEYS: dict[str, tuple] = _numeric_keys()
 
 
 def check_config_values(cfg: dict) -> None:
-    """Reject a numeric config value of the wrong type or range (``NUMERIC_KEYS``; every
-    ``model.loss`` weight must be a number >= 0) with a one-line ValueError naming the key; then the
-    choices of ``model.process`` and the denoiser switches
-    (:func:`dpcdvae.diffusion.process.check_process_config`)."""
-    rules = dict(NUMERIC_KEYS)
-    for name in (cfg.get("model", {}).get("loss") or {}):
-        rules[f"model.loss.{name}"] = _NONNEG
-    for key, (kind, lo, hi, lo_open, hi_open, null) in rules.items():
-        present, val = _lookup(cfg, key)
-        if not present or (val is None and null):
-            continue
-        what = "an integer" if kind == "int" else "a number"
-        bounds = [f"{'>' if lo_open else '>='} {lo:g}" if lo is not None else "",
-                  f"{'<' if hi_open else '<='} {hi:g}" if hi is not None else ""]
-        need = " ".join([what, " and ".join(b for b in bounds if b)]).strip() + (" or null" if null else "")
-        ok_type = isinstance(val, int) if kind == "int" else isinstance(val, (int, float))
-        if isinstance(val, bool) or not ok_type:
-            raise ValueError(f"{key} must be {what}{' or null' if null else ''}, got {val!r}")
-        if not math.isfinite(val):
-            raise ValueError(f"{key} must be a finite number, got {val!r}")
-        if (lo is not None and (val <= lo if lo_open else val < lo)) or (
-                hi is not None and (val >= hi if hi_open else val > hi)):
-            raise ValueError(f"{key} must be {need}, got {val!r}")
+    """Check a whole config against the schema (:func:`dpcdvae.config_schema.validate`), one line
+    naming the key: unknown keys, types and numeric ranges first; then ``model.process`` and the
+    denoiser switches (:func:`dpcdvae.diffusion.process.check_process_config`); then the choices of
+    the other named options (encoder, dataset, splits, ... from their registries)."""
+    config_schema.validate(cfg, choices=False)
     if isinstance(cfg.get("model"), dict):
         from dpcdvae.diffusion.process import check_process_config  # torch: imported only when checking
 
         check_process_config(cfg["model"])
+    config_schema.validate(cfg)

@@ -6,10 +6,11 @@ import argparse
 import os
 import sys
 
+from dpcdvae.data.datasets import DATASETS, SPLITS
 from dpcdvae.errors import DPCDVAEError
 
-_DATASETS = ("perov_5", "carbon_24", "mp_20")
-_SPLITS = ("train", "val", "test")
+_DATASETS = tuple(DATASETS)  # the registry (dpcdvae.data.datasets.DATASETS)
+_SPLITS = SPLITS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dpcdvae.registry import Registry
+
 CDVAE_BASE_URL = "https://raw.githubusercontent.com/txie-93/cdvae/main/data"
 
 SPLITS = ("train", "val", "test")
@@ -43,6 +45,8 @@ class DatasetInfo:
         prop: the property column the models use (CDVAE's ``prop`` in the data config).
         extra_props: further numeric columns kept in the cache after ``prop``.
         splits: split name -> SplitInfo.
+        cov_cutoffs: (structure, composition) fingerprint-distance cutoffs of the COV metrics
+            (CDVAE ``COV_Cutoffs``).
     """
 
     name: str
@@ -50,6 +54,7 @@ class DatasetInfo:
     prop: str
     extra_props: tuple[str, ...] = ()
     splits: dict[str, SplitInfo] = field(default_factory=dict)
+    cov_cutoffs: tuple[float, float] = (0.2, 4.0)
 
     @property
     def prop_names(self) -> list[str]:
@@ -65,8 +70,11 @@ def _splits(*infos: SplitInfo) -> dict[str, SplitInfo]:
     return {info.name: info for info in infos}
 
 
-DATASETS: dict[str, DatasetInfo] = {
-    "perov_5": DatasetInfo(
+# The dataset registry (``data.dataset``, ``--dataset``): name -> DatasetInfo. Register a new
+# benchmark with ``DATASETS.register(name, DatasetInfo(...))`` (docs/ARCHITECTURE.md).
+DATASETS: Registry = Registry("dataset", "data.dataset")
+for _info in (
+    DatasetInfo(
         name="perov_5",
         max_atoms=20,
         prop="heat_ref",
@@ -83,7 +91,7 @@ DATASETS: dict[str, DatasetInfo] = {
             ),
         ),
     ),
-    "carbon_24": DatasetInfo(
+    DatasetInfo(
         name="carbon_24",
         max_atoms=24,
         prop="energy_per_atom",
@@ -99,7 +107,7 @@ DATASETS: dict[str, DatasetInfo] = {
             ),
         ),
     ),
-    "mp_20": DatasetInfo(
+    DatasetInfo(
         name="mp_20",
         max_atoms=20,
         prop="formation_energy_per_atom",
@@ -109,8 +117,10 @@ DATASETS: dict[str, DatasetInfo] = {
             SplitInfo("val", 9047, "7efe4d7e"),
             SplitInfo("test", 9046, "5dc64304"),
         ),
+        cov_cutoffs=(0.4, 10.0),
     ),
-}
+):
+    DATASETS.register(_info.name, _info)
 
 
 def get_dataset(name: str) -> DatasetInfo:

@@ -28,13 +28,15 @@ from dpcdvae.diffusion.respace import SamplerPlan, make_plan
 from dpcdvae.diffusion.schedule import DiffusionSchedule
 from dpcdvae.geometry.lattice import wrap
 from dpcdvae.ops import segment_mean
+from dpcdvae.registry import SAMPLERS as _SAMPLER_REGISTRY
 
 __all__ = [
     "wrap", "crystal_mean", "remove_crystal_mean", "sample_timesteps", "q_sample", "noise_atom_types",
     "prior_sample", "step_eq7", "step_eq6", "step_ddim", "reverse_sample", "SAMPLERS",
+    "plan_step_eq7", "plan_step_eq6", "plan_step_ddim",
 ]
 
-SAMPLERS = ("eq7", "eq6", "ddim")
+SAMPLERS: tuple[str, ...] = _SAMPLER_REGISTRY.names(process="ddpm")  # ("eq7", "eq6", "ddim")
 
 EpsFn = Callable[[Tensor, Tensor, int], "tuple[Tensor, Any]"]
 Callback = Callable[[int, int, Tensor, Any], None]
@@ -152,6 +154,23 @@ def step_ddim(w: Tensor, eps_hat: Tensor, sqrt_ab: Tensor, sqrt_one_minus_ab: Te
     return sqrt_ab_prev * x0_hat + dir_coef * eps_hat + sigma * noise
 
 
+# The registered ddpm samplers (dpcdvae.registry.SAMPLERS): one step of the plan at index i.
+def plan_step_eq7(w: Tensor, eps_hat: Tensor, p: SamplerPlan, i: int, noise: Tensor) -> Tensor:
+    """:func:`step_eq7` with the coefficients of step ``i`` of ``p``."""
+    return step_eq7(w, eps_hat, p.sqrt_ab[i], p.sqrt_one_minus_ab[i], p.sigma[i], noise)
+
+
+def plan_step_eq6(w: Tensor, eps_hat: Tensor, p: SamplerPlan, i: int, noise: Tensor) -> Tensor:
+    """:func:`step_eq6` with the coefficients of step ``i`` of ``p``."""
+    return step_eq6(w, eps_hat, p.sqrt_alpha_step[i], p.beta_step[i], p.sqrt_one_minus_ab[i], p.sigma[i], noise)
+
+
+def plan_step_ddim(w: Tensor, eps_hat: Tensor, p: SamplerPlan, i: int, noise: Tensor) -> Tensor:
+    """:func:`step_ddim` with the coefficients of step ``i`` of ``p``."""
+    return step_ddim(w, eps_hat, p.sqrt_ab[i], p.sqrt_one_minus_ab[i], p.sqrt_ab_prev[i], p.dir_coef[i],
+                     p.sigma[i], noise)
+
+
 def reverse_sample(
     eps_fn: EpsFn,
     x_T: Tensor,
@@ -195,6 +214,7 @@ def reverse_sample(
         raise ValueError(f"unknown sampler {sampler!r} (expected one of {', '.join(SAMPLERS)})")
     if x_T.dim() != 2 or x_T.shape[1] != 3 or batch.shape[0] != x_T.shape[0]:
         raise ValueError(f"x_T must be [N, 3] with batch [N]; got {tuple(x_T.shape)}, {tuple(batch.shape)}")
+    step = _SAMPLER_REGISTRY[sampler]
     num_crystals = int(num_atoms.shape[0])
     if plan is None:
         plan = make_plan(schedule, steps, spacing, eta)
@@ -209,14 +229,7 @@ def reverse_sample(
         noise = _randn(tuple(w.shape), w, generator)
         if recenter:
             noise = remove_crystal_mean(noise, batch, num_crystals)
-        if sampler == "eq7":
-            x = step_eq7(w, eps_hat, p.sqrt_ab[i], p.sqrt_one_minus_ab[i], p.sigma[i], noise)
-        elif sampler == "eq6":
-            x = step_eq6(w, eps_hat, p.sqrt_alpha_step[i], p.beta_step[i], p.sqrt_one_minus_ab[i],
-                         p.sigma[i], noise)
-        else:
-            x = step_ddim(w, eps_hat, p.sqrt_ab[i], p.sqrt_one_minus_ab[i], p.sqrt_ab_prev[i],
-                          p.dir_coef[i], p.sigma[i], noise)
+        x = step(w, eps_hat, p, i, noise)
         if callback is not None:
             callback(i, t, x, extra)
     return wrap(x)

@@ -11,8 +11,9 @@ they add no state-dict keys and move with ``.to(device)``). It never calls the n
 :meth:`CoordinateProcess.sample` takes a ``net_fn`` callback, so every process is tested network-free.
 
 Adding a process: subclass :class:`CoordinateProcess`, implement ``from_config`` / ``noise`` /
-``loss`` / ``sample`` / ``network_calls``, set the class attributes, add it to :data:`PROCESSES` and
-its config block to ``configs/base.yaml`` (see docs/ARCHITECTURE.md).
+``loss`` / ``sample`` / ``network_calls``, set the class attributes, register it in
+:data:`dpcdvae.registry.PROCESSES` (its samplers in ``dpcdvae.registry.SAMPLERS``) and add its config
+block to ``config_schema.py`` and ``configs/base.yaml`` (see docs/ARCHITECTURE.md).
 
 Shapes: B crystals, N atoms, ``batch`` [N] the crystal index of each atom (atoms of a crystal
 contiguous), lattices [B, 3, 3] with rows = lattice vectors (Å).
@@ -30,6 +31,8 @@ from torch import Tensor, nn
 from dpcdvae.diffusion import ddpm, score
 from dpcdvae.diffusion.ddpm import crystal_mean
 from dpcdvae.diffusion.schedule import DiffusionSchedule
+from dpcdvae.config_schema import fields_by_key
+from dpcdvae.registry import PROCESSES, SAMPLERS
 
 __all__ = ["NoisyBatch", "CoordinateProcess", "DDPMProcess", "ScoreProcess", "PROCESSES", "build_process",
            "check_process_config", "process_name"]
@@ -168,6 +171,7 @@ class DDPMProcess(CoordinateProcess):
         schedule = DiffusionSchedule(
             num_steps=int(d["num_steps"]), beta_start=float(d["beta_start"]), beta_end=float(d["beta_end"]),
             type_sigma_begin=float(d["type_sigma_begin"]), type_sigma_end=float(d["type_sigma_end"]),
+            kind=str(d.get("kind", "sigmoid")), alphabar_quirk=bool(d.get("alphabar_quirk", True)),
         )
         return cls(schedule, recenter=bool(d["recenter"]))
 
@@ -222,7 +226,7 @@ class ScoreProcess(CoordinateProcess):
 
     name = "score"
     frames = ("cartesian",)
-    samplers = ("langevin",)
+    samplers = SAMPLERS.names(process="score")  # ("langevin",)
     takes_steps = False
 
     sigmas: Tensor
@@ -295,16 +299,13 @@ class ScoreProcess(CoordinateProcess):
 
 
 # -------------------------------------------------------------------------------------- registry
-PROCESSES: dict[str, type[CoordinateProcess]] = {"ddpm": DDPMProcess, "score": ScoreProcess}
+# PROCESSES (name -> class) is dpcdvae.registry.PROCESSES, re-exported here.
 
 
 def process_name(model_cfg: dict) -> str:
     """``model.process`` (``"ddpm"`` for configs written before the key existed); ValueError (one line)
     for an unregistered name."""
-    name = model_cfg.get("process", "ddpm")
-    if name not in PROCESSES:
-        raise ValueError(f"model.process must be one of {', '.join(PROCESSES)}, got {name!r}")
-    return name
+    return PROCESSES.check(model_cfg.get("process", "ddpm"))
 
 
 def build_process(model_cfg: dict) -> CoordinateProcess:
@@ -318,8 +319,9 @@ def check_process_config(model_cfg: dict) -> None:
     cls = PROCESSES[process_name(model_cfg)]
     den = model_cfg.get("denoiser_cfg") or {}
     cond = den.get("conditioning", "dpcdvae")
-    if cond not in ("dpcdvae", "cdvae"):
-        raise ValueError(f"model.denoiser_cfg.conditioning must be dpcdvae or cdvae, got {cond!r}")
+    conditionings = fields_by_key()["model.denoiser_cfg.conditioning"].choices  # dpcdvae | cdvae
+    if cond not in conditionings:
+        raise ValueError(f"model.denoiser_cfg.conditioning must be {' or '.join(conditionings)}, got {cond!r}")
     fourier = den.get("fourier")
     if fourier is not None and not isinstance(fourier, bool):
         raise ValueError(f"model.denoiser_cfg.fourier must be true, false or null, got {fourier!r}")

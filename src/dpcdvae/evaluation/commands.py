@@ -7,12 +7,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from dpcdvae.data.datasets import DATASETS, SPLITS
 from dpcdvae.errors import DPCDVAEError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="perov_5 | carbon_24 | mp_20")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+    p.add_argument("--dataset", required=True, help=" | ".join(DATASETS))
+    p.add_argument("--split", default="test", choices=SPLITS,
                    help="ground-truth split (default test)")
     p.add_argument("--source", default=None, help="folder with DATASET/<split>.csv[.gz] (default: $DPCDVAE_DATA)")
     p.add_argument("--out", required=True, help="metrics JSON to write")

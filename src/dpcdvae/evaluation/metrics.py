@@ -10,12 +10,10 @@ from typing import Any
 
 import numpy as np
 
-# (structure cutoff, composition cutoff) of COV, per dataset (CDVAE COV_Cutoffs).
-COV_CUTOFFS: dict[str, tuple[float, float]] = {
-    "perov_5": (0.2, 4.0),
-    "carbon_24": (0.2, 4.0),
-    "mp_20": (0.4, 10.0),
-}
+from dpcdvae.data.datasets import DATASETS
+
+# (structure cutoff, composition cutoff) of COV, per dataset (CDVAE COV_Cutoffs; data/datasets.py).
+COV_CUTOFFS: dict[str, tuple[float, float]] = {name: info.cov_cutoffs for name, info in DATASETS.items()}
 DATASET_ALIASES = {"perovskite": "perov_5", "perov": "perov_5", "carbon": "carbon_24", "mp20": "mp_20"}
 
 

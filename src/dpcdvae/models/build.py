@@ -28,19 +28,21 @@ def build_model(cfg: dict, scalers: Scalers | None = None) -> DPCDVAE:
     """Instantiate the model described by ``cfg['model']`` (lattice scaler from ``scalers``, else
     placeholders that ``load_state_dict`` overwrites).
 
-    ``model.process`` (default ``ddpm`` for configs that predate the key) picks the coordinate process
-    from :data:`dpcdvae.diffusion.process.PROCESSES`; ``model.denoiser_cfg.eps_frame: null`` (or absent)
+    ``model.encoder`` picks the encoder from :data:`dpcdvae.registry.ENCODERS`, ``model.process``
+    (default ``ddpm`` for configs that predate the key) the coordinate process from
+    :data:`dpcdvae.registry.PROCESSES`; ``model.denoiser_cfg.eps_frame: null`` (or absent)
     becomes the process's default frame (ddpm: fractional, score: cartesian).
     """
     from dpcdvae.diffusion.process import build_process, check_process_config
     from dpcdvae.nn.denoiser import DPDenoiser
-    from dpcdvae.nn.encoder import CrystalEncoder
+    from dpcdvae.registry import ENCODERS
 
     m = cfg["model"]
     max_atoms = int(cfg["data"]["max_atoms"])
     enc_cfg = dict(m["encoder_cfg"])
-    encoder_dim = int(enc_cfg.pop("out_channels", m["latent_dim"]))
-    encoder = CrystalEncoder(variant=m["encoder"], out_channels=encoder_dim, max_atoms=max_atoms, **enc_cfg)
+    out_channels = enc_cfg.pop("out_channels", None)
+    encoder_dim = int(m["latent_dim"] if out_channels is None else out_channels)
+    encoder = ENCODERS.build(ENCODERS.check(m["encoder"]), out_channels=encoder_dim, max_atoms=max_atoms, **enc_cfg)
     check_process_config(m)
     process = build_process(m)
     den_cfg = dict(m["denoiser_cfg"])

@@ -6,9 +6,11 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
+from dpcdvae.data.datasets import DATASETS
 from dpcdvae.jsonio import dumps_strict
+from dpcdvae.registry import ENCODERS as _ENCODER_REGISTRY
 
-ENCODERS = ("dime", "dime+na", "dime+gine", "dime+na+gine")
+ENCODERS = _ENCODER_REGISTRY.names()  # the --encoder choices (dpcdvae.registry.ENCODERS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     tp = sub.add_parser("train-property", help="train the property (formation-energy) predictor for W(E)")
-    tp.add_argument("--dataset", required=True, choices=("perov_5", "carbon_24", "mp_20"))
+    tp.add_argument("--dataset", required=True, choices=tuple(DATASETS))
     tp.add_argument("--out", required=True, type=Path)
     tp.add_argument("--cache-dir", default=None)
     tp.add_argument("--train-split", default=None, help="default: train for perov_5, val for carbon_24 / mp_20")
@@ -68,8 +70,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-TINY_ENCODER = dict(cutoff=6.0, max_neighbors=12, hidden_channels=16, num_blocks=1, int_emb_size=8,
-                    basis_emb_size=4, out_emb_channels=16, num_spherical=3, num_radial=4, out_channels=16)
+def tiny_property_encoder() -> dict:
+    """The encoder of ``train-property --tiny``: the ``tiny`` preset's encoder_cfg (its DimeNet++ keys)
+    with a 16-wide output."""
+    from dpcdvae.config import load_preset
+    from dpcdvae.models.property_train import DEFAULT_ENCODER
+
+    enc = load_preset("tiny")["model"]["encoder_cfg"]
+    return {**{k: enc[k] for k in DEFAULT_ENCODER}, "out_channels": 16}
 
 
 def _train_property(args: argparse.Namespace) -> int:
@@ -77,7 +85,7 @@ def _train_property(args: argparse.Namespace) -> int:
 
     res = train_property(args.dataset, args.out, cache_dir=args.cache_dir, train_split=args.train_split,
                          max_minutes=args.max_minutes, max_epochs=args.max_epochs, batch_size=args.batch_size,
-                         lr=args.lr, limit=args.limit, encoder_cfg=TINY_ENCODER if args.tiny else None,
+                         lr=args.lr, limit=args.limit, encoder_cfg=tiny_property_encoder() if args.tiny else None,
                          progress=not args.no_progress)
     print(dumps_strict(res))
     return 0

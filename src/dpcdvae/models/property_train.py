@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dpcdvae.atomic import atomic_torch_save, atomic_write_text
+from dpcdvae.config_schema import defaults
 from dpcdvae.data.batch import CrystalBatch
 from dpcdvae.data.cache import CrystalDataset, load_split
 from dpcdvae.jsonio import dumps_strict
@@ -18,8 +19,10 @@ from dpcdvae.models.property import PROPERTY_FORMAT, PropertyPredictor
 
 __all__ = ["train_property", "PropertyModule"]
 
-DEFAULT_ENCODER = dict(cutoff=7.0, max_neighbors=20, hidden_channels=128, num_blocks=4, int_emb_size=64,
-                       basis_emb_size=8, out_emb_channels=256, num_spherical=7, num_radial=6)
+# the default encoder of the property predictor: the schema defaults (configs/base.yaml) of these keys
+_ENCODER_KEYS = ("cutoff", "max_neighbors", "hidden_channels", "num_blocks", "int_emb_size", "basis_emb_size",
+                 "out_emb_channels", "num_spherical", "num_radial")
+DEFAULT_ENCODER = {k: _v for k, _v in defaults()["model"]["encoder_cfg"].items() if k in _ENCODER_KEYS}
 
 
 def _with_property(ds: CrystalDataset, col: int) -> CrystalDataset:

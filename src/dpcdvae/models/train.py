@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from dpcdvae.config import apply_overrides, check_config_values, load_config
+from dpcdvae.config_schema import fields_by_key
 from dpcdvae.jsonio import dumps_strict
 
 __all__ = ["train", "TrainResult"]
@@ -43,7 +44,8 @@ def _last_ckpt(out: Path) -> Path:
     return out / "checkpoints" / "last.ckpt"
 
 
-WEIGHTS = ("raw", "ema", "ema_denoiser")
+WEIGHTS: tuple[str, ...] = fields_by_key()["train.model_weights"].choices  # raw | ema | ema_denoiser
+LR_SCHEDULES: tuple[str, ...] = fields_by_key()["train.lr_schedule"].choices  # plateau | cosine
 
 
 def _save_weights(out: Path, model, cfg: dict, ema) -> list[str] | None:
@@ -69,7 +71,7 @@ def _save_weights(out: Path, model, cfg: dict, ema) -> list[str] | None:
 
 def check_train_config(tcfg: dict) -> None:
     """Reject bad values of the schedule keys before any work starts (one line each)."""
-    if tcfg.get("lr_schedule", "plateau") not in ("cosine", "plateau"):
+    if tcfg.get("lr_schedule", "plateau") not in LR_SCHEDULES:
         raise ValueError(f"train.lr_schedule must be 'cosine' or 'plateau', got {tcfg.get('lr_schedule')!r}")
     if str(tcfg.get("model_weights") or "raw") not in WEIGHTS:
         raise ValueError(f"train.model_weights must be one of {', '.join(WEIGHTS)}, got {tcfg.get('model_weights')!r}")

@@ -26,17 +26,28 @@ from dpcdvae.nn.checks import check_crystal_inputs
 from dpcdvae.nn.dimenet import PeriodicDimeNetPP
 from dpcdvae.nn.gine import GINEEncoder
 from dpcdvae.nn.init import reset_after_build, reset_modules
+from dpcdvae.registry import ENCODERS
 
-__all__ = ["CrystalEncoder", "VARIANTS", "Variant"]
+__all__ = ["CrystalEncoder", "VARIANTS", "Variant", "ENCODERS"]
 
 Variant = Literal["dime", "dime+na", "dime+gine", "dime+na+gine"]
-VARIANTS: tuple[str, ...] = ("dime", "dime+na", "dime+gine", "dime+na+gine")
+# the registered encoders (dpcdvae.registry.ENCODERS) that are variants of CrystalEncoder
+VARIANTS: tuple[str, ...] = ENCODERS.names(cls="CrystalEncoder")
 
-_TINY: dict[str, Any] = dict(
-    out_channels=16, hidden_channels=16, num_blocks=1, int_emb_size=8, basis_emb_size=4,
-    out_emb_channels=16, num_spherical=3, num_radial=3, num_output_layers=1, num_after_skip=1,
-    gine_hidden=16, gine_layers=2, output_initializer="glorot_orthogonal",
-)
+# CrystalEncoder.tiny: the sizes of the ``tiny`` preset's encoder_cfg, the reference graph (these
+# keys are left at the constructor defaults) and, for unit tests, a 16-wide output, lighter DimeNet++
+# output blocks and a non-zero output init (so that the output is not identically 0 at init).
+_TINY_GRAPH_KEYS = ("cutoff", "max_neighbors", "images", "symmetrize", "out_channels")
+_TINY_UNIT: dict[str, Any] = dict(out_channels=16, num_output_layers=1, num_after_skip=1,
+                                  output_initializer="glorot_orthogonal")
+
+
+def tiny_sizes() -> dict[str, Any]:
+    """The network sizes of the ``tiny`` preset's encoder (``configs/tiny.yaml``; graph keys left out)."""
+    from dpcdvae.config import load_preset
+
+    enc = load_preset("tiny")["model"]["encoder_cfg"]
+    return {k: v for k, v in enc.items() if k not in _TINY_GRAPH_KEYS}
 
 
 def _mlp(dims: list[int]) -> nn.Sequential:
@@ -137,9 +148,10 @@ class CrystalEncoder(nn.Module):
 
     @classmethod
     def tiny(cls, variant: Variant = "dime", **overrides: Any) -> "CrystalEncoder":
-        """A few-thousand-parameter configuration for CPU tests (1 block, widths 16, 3x3 bases,
-        non-zero output init so that the DimeNet++ output is not identically 0 at init)."""
-        return cls(variant, **{**_TINY, **overrides})
+        """A few-thousand-parameter configuration for CPU tests: the sizes of the ``tiny`` preset
+        (1 block, widths 16, small bases; :func:`tiny_sizes`) on the reference graph, output width 16,
+        non-zero output init so that the DimeNet++ output is not identically 0 at init."""
+        return cls(variant, **{**tiny_sizes(), **_TINY_UNIT, **overrides})
 
     def forward(self, frac_coords: Tensor, atom_types: Tensor, num_atoms: Tensor, batch: Tensor,
                 lattice: Tensor) -> Tensor:

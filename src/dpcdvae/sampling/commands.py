@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from dpcdvae.registry import SAMPLERS
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
@@ -17,7 +19,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="DDPM models: reverse steps K (default: all T-1; K<T = fast sampler); refused for "
                         "score (CDVAE) models, whose Langevin schedule is fixed")
-    p.add_argument("--sampler", choices=("eq7", "eq6", "ddim", "langevin"), default=None,
+    p.add_argument("--sampler", choices=SAMPLERS.names(), default=None,
                    help="DDPM models: paper Eq. 7 (default), plain DDPM Eq. 6, or DDIM (eta=1); score (CDVAE) "
                         "models: langevin (default, the only one)")
     p.add_argument("--seed", type=int, default=0)
