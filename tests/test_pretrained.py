@@ -44,7 +44,10 @@ def test_load_pretrained_offline_and_sample(monkeypatch, tmp_path, capsys):
     data = torch.load(out / "samples.pt", weights_only=True)
     assert len(data["num_atoms"]) == 4 and data["meta"]["steps"] == 5
     assert len(list((out / "cif").glob("*.cif"))) == 4
-    assert "20-minute budget model" in capsys.readouterr().err
+    from dpcdvae.pretrained import get_info
+
+    label = get_info("perov_5").label
+    assert "budget model" in label and f"pretrained perov_5: {label}" in capsys.readouterr().err
 
 
 def test_unknown_name_is_one_line(capsys, tmp_path):
