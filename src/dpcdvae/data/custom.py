@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpcdvae.data.datasets import DATASETS, SPLITS, DatasetInfo
+from dpcdvae.data.datasets import DATASET_ALIASES, DATASETS, SPLITS, DatasetInfo
 from dpcdvae.errors import DPCDVAEError
 
 __all__ = ["RECORD_NAME", "DEFAULT_COV_CUTOFFS", "DEFAULT_FRACTIONS", "CustomPlan", "plan_custom", "split_rows",
@@ -60,8 +60,6 @@ def check_name(name: str | None) -> str:
         raise DPCDVAEError("--csv-dir needs --name NAME (the dataset's name, e.g. --name mine)")
     if not _NAME.fullmatch(name):
         raise DPCDVAEError(f"--name {name!r}: use letters, digits, '_', '.', '-' (a folder name)")
-    from dpcdvae.evaluation.metrics import DATASET_ALIASES
-
     if (name in DATASETS and not DATASETS[name].custom) or name in DATASET_ALIASES:
         builtin = DATASET_ALIASES.get(name, name)
         raise DPCDVAEError(f"--name {name!r} is the built-in dataset {builtin}; choose another name for your data")

@@ -16,6 +16,8 @@ from dpcdvae.registry import Registry
 CDVAE_BASE_URL = "https://raw.githubusercontent.com/txie-93/cdvae/main/data"
 
 SPLITS = ("train", "val", "test")
+# other names of the benchmarks accepted by ``evaluate --dataset`` (not usable as custom names)
+DATASET_ALIASES = {"perovskite": "perov_5", "perov": "perov_5", "carbon": "carbon_24", "mp20": "mp_20"}
 
 
 @dataclass(frozen=True)
