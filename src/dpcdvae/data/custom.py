@@ -200,6 +200,7 @@ def make_info(name: str, files: dict[str, Path], max_atoms: int, prop: str | Non
 def write_record(cache_dir: Path | str, info: DatasetInfo, plan: CustomPlan) -> Path:
     """``<cache_dir>/NAME/dataset.json``: what :func:`register_custom` reads back."""
     from dpcdvae.atomic import atomic_write_text
+    from dpcdvae.jsonio import dumps_strict
 
     rec = {
         "version": RECORD_VERSION, "name": info.name, "kind": "custom", "max_atoms": info.max_atoms,
@@ -210,7 +211,7 @@ def write_record(cache_dir: Path | str, info: DatasetInfo, plan: CustomPlan) -> 
     }
     path = record_path(cache_dir, info.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(rec, indent=1) + "\n")
+    atomic_write_text(path, dumps_strict(rec) + "\n")
     return path
 
 
