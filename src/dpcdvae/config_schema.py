@@ -53,7 +53,8 @@ _GRAPH = ("ref", "exact"), ("ref", "union")
 @dataclass
 class DataConfig:
     """``data``: which dataset, splits and batches."""
-    dataset: str = opt("perov_5", "registered dataset (data/datasets.py)", choices=lambda: tuple(DATASETS))
+    dataset: str = opt("perov_5", "registered dataset (data/datasets.py), or a custom one (data prepare --csv-dir)",
+                       choices=lambda: tuple(DATASETS))
     train_split: str = opt("train", "split trained on (carbon_24 here has no train split: val)", choices=SPLITS)
     val_split: str = opt("val", "validation split, or holdout: a fixed fraction of the training split",
                          choices=SPLITS + ("holdout",))

@@ -47,18 +47,25 @@ class Registry(Mapping, Generic[T]):
         self.what, self.key = what, key or what
         self._entries: dict[str, _Entry] = {}
 
-    def register(self, name: str, target: Any = None, *, kwargs: dict | None = None, **info: Any):
+    def register(self, name: str, target: Any = None, *, kwargs: dict | None = None, replace: bool = False,
+                 **info: Any):
         """Register ``target`` (an object or ``"module:attribute"``) under ``name``; without a
-        target, a decorator. ``kwargs`` are passed by :meth:`build`; ``info`` is free metadata."""
+        target, a decorator. ``kwargs`` are passed by :meth:`build`; ``info`` is free metadata.
+        ``replace``: overwrite an existing entry (e.g. a custom dataset prepared again) instead of
+        raising ValueError."""
         if target is None:
             def deco(obj: T) -> T:
-                self.register(name, obj, kwargs=kwargs, **info)
+                self.register(name, obj, kwargs=kwargs, replace=replace, **info)
                 return obj
             return deco
-        if name in self._entries:
+        if name in self._entries and not replace:
             raise ValueError(f"{self.what} {name!r} is already registered")
         self._entries[name] = _Entry(target, dict(kwargs or {}), dict(info))
         return target
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (no error if absent): a custom dataset forgotten again (tests)."""
+        self._entries.pop(name, None)
 
     def names(self, **info: Any) -> tuple[str, ...]:
         """Registered names (in order), optionally only those whose metadata matches ``info``."""

@@ -16,6 +16,8 @@ from dpcdvae.registry import Registry
 CDVAE_BASE_URL = "https://raw.githubusercontent.com/txie-93/cdvae/main/data"
 
 SPLITS = ("train", "val", "test")
+# other names of the benchmarks accepted by ``evaluate --dataset`` (not usable as custom names)
+DATASET_ALIASES = {"perovskite": "perov_5", "perov": "perov_5", "carbon": "carbon_24", "mp20": "mp_20"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class DatasetInfo:
         splits: split name -> SplitInfo.
         cov_cutoffs: (structure, composition) fingerprint-distance cutoffs of the COV metrics
             (CDVAE ``COV_Cutoffs``).
+        split_files: custom datasets only (``dpcdvae data prepare --csv-dir``): split -> path of the
+            CSV the cache was built from (the ground truth of ``evaluate``); empty for the benchmarks,
+            whose CSVs follow the source rule ``<source>/<name>/<split>.csv[.gz]``.
+        custom: True for a dataset registered from a cache record (``dpcdvae.data.custom``).
     """
 
     name: str
@@ -55,11 +61,14 @@ class DatasetInfo:
     extra_props: tuple[str, ...] = ()
     splits: dict[str, SplitInfo] = field(default_factory=dict)
     cov_cutoffs: tuple[float, float] = (0.2, 4.0)
+    split_files: dict[str, str] = field(default_factory=dict)
+    custom: bool = False
 
     @property
     def prop_names(self) -> list[str]:
-        """All property columns stored in the cache, the model's property first."""
-        return [self.prop, *self.extra_props]
+        """All property columns stored in the cache, the model's property first (a custom dataset
+        without ``--prop`` has none)."""
+        return [p for p in (self.prop, *self.extra_props) if p]
 
     def url(self, split: str, base_url: str = CDVAE_BASE_URL) -> str:
         """Download address of one split's CSV."""
@@ -71,7 +80,9 @@ def _splits(*infos: SplitInfo) -> dict[str, SplitInfo]:
 
 
 # The dataset registry (``data.dataset``, ``--dataset``): name -> DatasetInfo. Register a new
-# benchmark with ``DATASETS.register(name, DatasetInfo(...))`` (docs/ARCHITECTURE.md).
+# benchmark with ``DATASETS.register(name, DatasetInfo(...))`` (docs/ARCHITECTURE.md). Custom
+# datasets (``dpcdvae data prepare --csv-dir DIR --name NAME``) are registered from their cache
+# record ``<cache_dir>/NAME/dataset.json`` with ``custom=True`` (dpcdvae.data.custom).
 DATASETS: Registry = Registry("dataset", "data.dataset")
 for _info in (
     DatasetInfo(
@@ -123,14 +134,26 @@ for _info in (
     DATASETS.register(_info.name, _info)
 
 
-def get_dataset(name: str) -> DatasetInfo:
-    """Registry lookup; ValueError with the known names for an unknown one."""
-    try:
+def get_dataset(name: str, cache_dir=None) -> DatasetInfo:
+    """Registry lookup; a name not registered yet is looked up as a custom dataset in the cache
+    (``cache_dir``, None: $DPCDVAE_CACHE or ~/.cache/dpcdvae). ValueError with the known names for an
+    unknown one."""
+    if name in DATASETS:
         return DATASETS[name]
-    except KeyError:
+    from dpcdvae.data.custom import register_custom
+
+    info = register_custom(name, cache_dir)
+    if info is None:
         raise ValueError(
-            f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}"
-        ) from None
+            f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))} (a custom dataset: "
+            f"`dpcdvae data prepare --csv-dir DIR --name {name}` first, with the same cache dir)"
+        )
+    return info
+
+
+def builtin_datasets() -> tuple[str, ...]:
+    """The names of the registered benchmarks (not the custom datasets)."""
+    return tuple(n for n in DATASETS if not DATASETS[n].custom)
 
 
 def train_label(dataset: str, train_split: str) -> str:

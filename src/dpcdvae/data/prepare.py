@@ -152,6 +152,7 @@ def prepare_dataset(
     train_split: str | None = None,
     limit: int | None = None,
     progress: bool = True,
+    files: dict[str, Path] | None = None,
 ) -> PrepareReport:
     """Preprocess a benchmark's CSV splits into the cache.
 
@@ -165,6 +166,8 @@ def prepare_dataset(
             "<dataset> (<split>-trained)" in the report, every split's meta and scalers.json.
         limit: read only the first ``limit`` rows of every split (tests, demos).
         progress: show a tqdm progress bar.
+        files: split -> CSV, instead of the source rule (custom datasets, ``dpcdvae.data.custom``:
+            ``dataset`` must be registered then; ``source`` is only reported).
     """
     t_all = time.perf_counter()
     info = get_dataset(dataset)
@@ -178,16 +181,19 @@ def prepare_dataset(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     cache_dir = Path(cache_dir).expanduser()
-    root = resolve_source(source, dataset, download_to=cache_dir / "raw", splits=splits)
+    if files is None:
+        root = resolve_source(source, dataset, download_to=cache_dir / "raw", splits=splits)
+    else:
+        root = Path(source) if source else Path(next(iter(files.values()))).parent
     label = train_label(dataset, train_split)
     report = PrepareReport(dataset, label, train_split, str(root), str(cache_dir))
     out_dir = cache_dir / dataset
     out_dir.mkdir(parents=True, exist_ok=True)
     prop_names = info.prop_names
 
-    files = {}
+    given, files = files, {}
     for s in splits:
-        path = find_split_file(root, dataset, s)
+        path = find_split_file(root, dataset, s) if given is None else given.get(s)
         if path is not None:
             files[s] = path
         elif s == "train" and train_split == "train":

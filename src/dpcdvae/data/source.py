@@ -1,7 +1,9 @@
 """Where the benchmark CSVs come from: ``--source DIR``, else ``$DPCDVAE_DATA``, else a download.
 
 One rule for every command that reads ``<source>/<dataset>/<split>.csv[.gz]`` (data prepare /
-check-graph, evaluate gen / recon, the demo). Standard library only.
+check-graph, evaluate gen / recon, the demo). A custom dataset (``data prepare --csv-dir``) is read
+from the CSVs its cache record names (:func:`dataset_split_csv`, ``dpcdvae.data.custom``).
+Standard library only (the custom-dataset lookup imports on use).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from dpcdvae.data.datasets import SPLITS
 from dpcdvae.errors import DPCDVAEError
 
-__all__ = ["SOURCE_ENV", "resolve_source", "find_split_file", "split_csv_path"]
+__all__ = ["SOURCE_ENV", "resolve_source", "find_split_file", "split_csv_path", "dataset_split_csv"]
 
 SOURCE_ENV = "DPCDVAE_DATA"
 
@@ -70,3 +72,24 @@ def split_csv_path(source: Path | str, dataset: str, split: str) -> Path:
     if path is None:
         raise FileNotFoundError(f"no {split}.csv(.gz) for dataset {dataset!r} under {source}")
     return path
+
+
+def dataset_split_csv(source: Path | str | None, dataset: str, split: str,
+                      cache_dir: Path | str | None = None) -> Path:
+    """The ground-truth CSV of ``split``: for a custom dataset (record in ``cache_dir``, None:
+    $DPCDVAE_CACHE or ~/.cache/dpcdvae) the split CSV of the record, or ``<source>/<split>`` /
+    ``<source>/<dataset>/<split>`` .csv[.gz] where ``source`` holds one; for a benchmark
+    :func:`split_csv_path` of :func:`resolve_source`."""
+    from dpcdvae.data.custom import custom_split_csv, register_custom
+
+    info = register_custom(dataset, cache_dir)
+    if info is not None and info.custom:
+        return custom_split_csv(info, split, source)
+    if info is None and not (source or os.environ.get(SOURCE_ENV)):
+        from dpcdvae.data.cache import resolve_cache_dir
+        from dpcdvae.data.datasets import builtin_datasets
+
+        raise DPCDVAEError(f"unknown dataset {dataset!r}: not a built-in one ({', '.join(builtin_datasets())}) and "
+                           f"no custom dataset record in {resolve_cache_dir(cache_dir) / dataset} (dpcdvae data "
+                           f"prepare --csv-dir DIR --name {dataset}; or pass --source DIR with {dataset}/<split>.csv)")
+    return split_csv_path(resolve_source(source), dataset, split)

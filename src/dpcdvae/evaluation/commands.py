@@ -12,10 +12,13 @@ from dpcdvae.errors import DPCDVAEError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help=" | ".join(DATASETS))
+    p.add_argument("--dataset", required=True,
+                   help=" | ".join(DATASETS) + " | a custom dataset (data prepare --csv-dir DIR --name NAME)")
     p.add_argument("--split", default="test", choices=SPLITS,
                    help="ground-truth split (default test)")
-    p.add_argument("--source", default=None, help="folder with DATASET/<split>.csv[.gz] (default: $DPCDVAE_DATA)")
+    p.add_argument("--source", default=None,
+                   help="folder with DATASET/<split>.csv[.gz] (default: $DPCDVAE_DATA); a custom dataset: "
+                        "optional, default the split CSVs of its record")
     p.add_argument("--out", required=True, help="metrics JSON to write")
     p.add_argument("--report", default=None,
                    help="folder for report.md + PNGs (default: <out without .json>_report next to --out)")
@@ -44,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(r)
     r.add_argument("--no-fp-check", action="store_true",
                    help="skip CDVAE's fingerprint-failure validity check (faster; a deviation)")
+    r.add_argument("--cache-dir", default=None,
+                   help="cache root holding a custom dataset's record (default: $DPCDVAE_CACHE or ~/.cache/dpcdvae)")
     r.set_defaults(func=_recon)
 
     g = sub.add_parser(
@@ -121,7 +126,7 @@ def _recon(args: argparse.Namespace) -> int:
     res = evaluate_recon(Path(args.pred), args.dataset, split=args.split, source=args.source, out=Path(args.out),
                          report_dir=_report_dir(args), workers=args.workers, fp_check=not args.no_fp_check,
                          oxidation_states=args.oxidation_states, pauling_missing=args.pauling_missing,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, cache_dir=args.cache_dir)
     print(f"match_rate {res['match_rate']:.4f}  rms_dist {res['rms_dist'] if res['rms_dist'] is None else round(res['rms_dist'], 4)}"
           f"  valid {res['validity']['valid']:.4f}  ({res['n_pred']} predictions, {res['n_gt']} ground truth) "
           f"-> {args.out}")
@@ -137,6 +142,16 @@ def _gen(args: argparse.Namespace) -> int:
         raise DPCDVAEError(f"--n-wdist must be >= 1, got {args.n_wdist}")
     if args.max_samples is not None and args.max_samples < 1:
         raise DPCDVAEError(f"--max-samples must be >= 1, got {args.max_samples}")
+    if args.struct_cutoff is None or args.comp_cutoff is None:
+        from dpcdvae.data.custom import register_custom
+        from dpcdvae.evaluation.metrics import canonical_dataset
+
+        info = register_custom(canonical_dataset(args.dataset), args.cache_dir)
+        if info is not None and info.custom:
+            s, c = (info.cov_cutoffs[0] if args.struct_cutoff is None else args.struct_cutoff,
+                    info.cov_cutoffs[1] if args.comp_cutoff is None else args.comp_cutoff)
+            print(f"note: {info.name} is a custom dataset: COV cutoffs struct {s:g} / comp {c:g} (CDVAE's mp_20 "
+                  "values unless set); choose yours with --struct-cutoff / --comp-cutoff", file=sys.stderr)
     res = evaluate_gen(Path(args.samples), args.dataset, split=args.split, source=args.source, out=Path(args.out),
                        report_dir=_report_dir(args), workers=args.workers, cache_dir=args.cache_dir,
                        use_cache=not args.no_cache, prop_ckpt=args.prop_ckpt,

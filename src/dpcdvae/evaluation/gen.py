@@ -241,8 +241,9 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     Args:
         samples: sample folder (samples.pt), folder of CIFs, one .extxyz, or a dataset CSV(.gz)
             (then preprocessed like the ground truth and cached).
-        dataset: perov_5 | carbon_24 | mp_20 (aliases perovskite, carbon, mp20); other names need
-            ``struct_cutoff`` and ``comp_cutoff``.
+        dataset: perov_5 | carbon_24 | mp_20 (aliases perovskite, carbon, mp20), or a custom dataset
+            prepared with ``data prepare --csv-dir`` into ``cache_dir`` (COV cutoffs: its record's, by
+            default CDVAE's mp_20 values 0.4 / 10); other names need ``struct_cutoff`` and ``comp_cutoff``.
         max_samples / subset_seed: score a fixed random subset of the input (reported).
         n_wdist / seed: number of random valid crystals for W distances and diversity, and its seed.
         out / report_dir: where to write metrics.json / report.md + PNGs (optional).
@@ -253,21 +254,23 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
     Returns: the metrics dict (also written to ``out``).
     """
     from dpcdvae.evaluation.cache import resolve_cache_dir
-    from dpcdvae.evaluation.io import (check_output_dir, check_output_file, load_crystals, resolve_source,
-                                       split_csv_path, unparsable_cif_warnings)
+    from dpcdvae.data.custom import register_custom
+    from dpcdvae.evaluation.io import (check_output_dir, check_output_file, dataset_split_csv, load_crystals,
+                                       unparsable_cif_warnings)
     from dpcdvae.evaluation.metrics import COV_CUTOFFS, canonical_dataset
     from dpcdvae.evaluation.worker import default_workers
 
     t_start = time.perf_counter()
     dataset = canonical_dataset(dataset)
+    ds_info = register_custom(dataset, cache_dir)
+    cov = ds_info.cov_cutoffs if ds_info is not None and ds_info.custom else COV_CUTOFFS.get(dataset)
     if struct_cutoff is None or comp_cutoff is None:
-        if dataset not in COV_CUTOFFS:
+        if cov is None:
             raise ValueError(f"unknown dataset {dataset!r} (known: {', '.join(sorted(COV_CUTOFFS))}); for another "
                              "dataset pass --struct-cutoff and --comp-cutoff")
-        struct_cutoff = COV_CUTOFFS[dataset][0] if struct_cutoff is None else struct_cutoff
-        comp_cutoff = COV_CUTOFFS[dataset][1] if comp_cutoff is None else comp_cutoff
-    src = resolve_source(source)
-    gt_csv = split_csv_path(src, dataset, split)
+        struct_cutoff = cov[0] if struct_cutoff is None else struct_cutoff
+        comp_cutoff = cov[1] if comp_cutoff is None else comp_cutoff
+    gt_csv = dataset_split_csv(source, dataset, split, cache_dir)
     # everything that can fail is checked before the (slow) fingerprints
     from dpcdvae.pretrained import resolve_prop_ckpt
 

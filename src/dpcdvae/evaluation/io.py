@@ -17,7 +17,7 @@ import numpy as np
 
 from dpcdvae.data.datasets import SPLITS  # noqa: F401
 # the dataset files of the evaluation commands follow the one source rule of dpcdvae.data.source
-from dpcdvae.data.source import resolve_source, split_csv_path  # noqa: F401
+from dpcdvae.data.source import dataset_split_csv, resolve_source, split_csv_path  # noqa: F401
 
 
 @dataclass

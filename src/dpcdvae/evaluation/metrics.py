@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from dpcdvae.data.datasets import DATASETS
+from dpcdvae.data.datasets import DATASET_ALIASES, DATASETS  # noqa: F401  (aliases: one table)
 
 # (structure cutoff, composition cutoff) of COV, per dataset (CDVAE COV_Cutoffs; data/datasets.py).
 COV_CUTOFFS: dict[str, tuple[float, float]] = {name: info.cov_cutoffs for name, info in DATASETS.items()}
-DATASET_ALIASES = {"perovskite": "perov_5", "perov": "perov_5", "carbon": "carbon_24", "mp20": "mp_20"}
 
 
 def canonical_dataset(name: str) -> str:

@@ -25,8 +25,9 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
                    out: Path | None = None, report_dir: Path | None = None, workers: int | None = None,
                    fp_check: bool = True, oxidation_states: str = "smact14", pauling_missing: str = "pass",
                    stol: float = 0.5, angle_tol: float = 10.0, ltol: float = 0.3,
-                   progress: bool = True) -> dict[str, Any]:
-    """Reconstruction metrics of the predictions in ``pred`` against ``<source>/<dataset>/<split>``.
+                   progress: bool = True, cache_dir: Path | str | None = None) -> dict[str, Any]:
+    """Reconstruction metrics of the predictions in ``pred`` against ``<source>/<dataset>/<split>``
+    (a custom dataset: the split CSV of its record in ``cache_dir``, ``dpcdvae.data.source.dataset_split_csv``).
 
     Args:
         pred: sample folder with samples.pt holding ``index`` (0-based CSV rows of the ground truth),
@@ -39,16 +40,15 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
     import pandas as pd
 
     from dpcdvae.evaluation.gen import code_provenance, library_versions, write_json
-    from dpcdvae.evaluation.io import (check_output_dir, check_output_file, load_crystals, read_csv_structures,
-                                       resolve_source, split_csv_path, unparsable_cif_warnings)
+    from dpcdvae.evaluation.io import (check_output_dir, check_output_file, dataset_split_csv, load_crystals,
+                                       read_csv_structures, unparsable_cif_warnings)
     from dpcdvae.evaluation.metrics import canonical_dataset, lattice_rms, recon_summary, validity_summary
     from dpcdvae.evaluation.worker import LazyPool, default_workers, match_pair, records_to_table
 
     t_start = time.perf_counter()
     dataset = canonical_dataset(dataset)
     workers = default_workers() if workers is None else max(1, int(workers))
-    src = resolve_source(source)
-    gt_csv = split_csv_path(src, dataset, split)
+    gt_csv = dataset_split_csv(source, dataset, split, cache_dir)
     check_output_file(out)
     check_output_dir(report_dir)
     loaded = load_crystals(Path(pred))

@@ -186,6 +186,11 @@ def train(
         if _last_ckpt(out).exists():
             raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         cfg = load_config(config or "perov_5", overrides, encoder=encoder)
+    dataset = cfg.get("data", {}).get("dataset") if isinstance(cfg.get("data"), dict) else None
+    if isinstance(dataset, str):  # a custom dataset is registered from its cache record (dpcdvae.data.custom)
+        from dpcdvae.data.custom import register_custom
+
+        register_custom(dataset, cache_dir)
     check_config_values(cfg)
     check_train_config(cfg["train"])
     out.mkdir(parents=True, exist_ok=True)
@@ -201,6 +206,10 @@ def train(
 
     dm = CrystalDataModule(cfg, cache_dir, limit=limit)
     dm.load()
+    largest = int(dm.train_set.num_atoms.max()) if len(dm.train_set) else 0
+    if largest > int(cfg["data"]["max_atoms"]):
+        raise ValueError(f"{cfg['data']['dataset']} has cells of {largest} atoms but data.max_atoms is "
+                         f"{cfg['data']['max_atoms']}; pass --set data.max_atoms={largest}")
     model = build_model(cfg, dm.scalers)
     tcfg = cfg["train"]
     if tcfg.get("compile") and torch.cuda.is_available():
