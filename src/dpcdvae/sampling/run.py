@@ -203,7 +203,7 @@ def sample(
         precision: network precision, see :func:`inference_precision` (``auto``: bf16 on CUDA for the
             presets, fp32 on the CPU).
     """
-    from dpcdvae.models.build import load_model
+    from dpcdvae.models.checkpoint import load_model
 
     check_sample_args(out, n=n, batch_size=batch_size, steps=steps, rank=rank, world_size=world_size)
     dev = resolve_device(device)
@@ -246,7 +246,7 @@ def reconstruct(
     """Encode each crystal of ``split`` and decode it; ``samples.pt['index']`` pairs every output with
     the 0-based CSV row of its ground truth (``steps`` / ``sampler`` as in :func:`sample`)."""
     from dpcdvae.data.cache import load_split
-    from dpcdvae.models.build import load_model
+    from dpcdvae.models.checkpoint import load_model
 
     check_sample_args(out, batch_size=batch_size, steps=steps, limit=limit)
     dev = resolve_device(device)
