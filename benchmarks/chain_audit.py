@@ -25,7 +25,7 @@ import torch
 
 from dpcdvae.data.cache import load_split
 from dpcdvae.geometry.lattice import lattice_from_params, wrap
-from dpcdvae.models.build import load_model
+from dpcdvae.models.checkpoint import load_model
 from dpcdvae.sampling.run import inference_context, inference_precision, resolve_device
 
 

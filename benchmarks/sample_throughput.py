@@ -18,7 +18,8 @@ import torch
 
 from dpcdvae.config import load_config
 from dpcdvae.data.cache import load_scalers, load_split
-from dpcdvae.models.build import build_model, load_model
+from dpcdvae.models.build import build_model
+from dpcdvae.models.checkpoint import load_model
 
 
 def main() -> None:

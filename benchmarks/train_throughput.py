@@ -27,7 +27,7 @@ def bench(preset: str, cache_dir: str, steps: int, warmup: int, precision: str, 
     torch.manual_seed(0)
     model = build_model(cfg, load_scalers(cache_dir, data["dataset"])).to(device).train()
     if compile_:
-        from dpcdvae.models.compile import compile_model
+        from dpcdvae.training.compile import compile_model
 
         compile_model(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

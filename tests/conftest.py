@@ -40,7 +40,8 @@ def tiny_model(prepared_cache, tmp_path_factory):
     """An untrained tiny DP-CDVAE saved as a self-contained model.pt (sampling tests)."""
     from dpcdvae.config import load_config
     from dpcdvae.data.cache import load_scalers
-    from dpcdvae.models.build import build_model, save_model
+    from dpcdvae.models.build import build_model
+    from dpcdvae.models.checkpoint import save_model
 
     cfg = load_config("tiny")
     torch.manual_seed(0)

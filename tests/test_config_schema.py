@@ -161,7 +161,7 @@ def test_saved_configs_with_legacy_or_missing_keys_still_validate():
 
 
 def test_the_tiny_preset_is_the_one_tiny_definition():
-    from dpcdvae.models.commands import tiny_property_encoder
+    from dpcdvae.training.commands import tiny_property_encoder
     from dpcdvae.nn.encoder import CrystalEncoder, tiny_sizes
 
     tiny = load_preset("tiny")["model"]["encoder_cfg"]

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from dpcdvae.models.datamodule import DeviceLoader
+from dpcdvae.training.datamodule import DeviceLoader
 
 SAMPLE_KEYS = ("frac_coords", "atom_types", "num_atoms", "lengths", "angles")
 
@@ -83,8 +83,8 @@ def _cli_env() -> dict:
 def test_ddp_training_two_cpu_processes(prepared_cache, tmp_path):
     """Lightning DDP, gloo backend, 2 processes (Lightning relaunches the command line for rank 1, hence a
     subprocess); then the same run with devices=1 in this process takes twice the steps per epoch."""
-    from dpcdvae.models.build import load_model_file
-    from dpcdvae.models.train import train
+    from dpcdvae.models.checkpoint import load_model_file
+    from dpcdvae.training.train import train
 
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "dpcdvae.cli", "train", "--config", "tiny", "--out", str(out),

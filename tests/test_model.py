@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dpcdvae.config import load_config
-from dpcdvae.models.build import build_model, load_model, save_model
+from dpcdvae.models.build import build_model
+from dpcdvae.models.checkpoint import load_model, save_model
 from dpcdvae.models.dpcdvae import LOSS_KEYS
 
 

@@ -13,7 +13,8 @@ import torch
 from dpcdvae.config import check_config_values, load_config
 from dpcdvae.diffusion.process import PROCESSES, DDPMProcess, ScoreProcess, build_process
 from dpcdvae.diffusion.score import annealed_langevin, geometric_sigmas, min_image_displacement
-from dpcdvae.models.build import build_model, load_model, save_model
+from dpcdvae.models.build import build_model
+from dpcdvae.models.checkpoint import load_model, save_model
 
 # the two CDVAE baselines at the tiny sizes (carbon_24_cdvae / carbon_24_cdvae_fourier at full size)
 BASELINES = {"cdvae": [], "cdvae_fourier": ["model.denoiser_cfg.fourier=true"]}

@@ -17,8 +17,8 @@ TOTAL = 20  # optimizer steps of every compared run: ends inside epoch 2
 def recorder(monkeypatch):
     """Stop each ``train()`` call after ``rec.stop_after`` steps (in place of the wall clock) and record
     the trained batches (epoch, batch, step, crystal rows), validations and plateau steps in order."""
-    from dpcdvae.models import lightning as L
-    from dpcdvae.models.schedule import BudgetClock
+    from dpcdvae.training import lightning as L
+    from dpcdvae.training.schedule import BudgetClock
 
     class Rec:
         events: list = []
@@ -53,7 +53,7 @@ def recorder(monkeypatch):
 
 
 def _run(rec, cache, out, steps, resume=False):
-    from dpcdvae.models.train import train
+    from dpcdvae.training.train import train
 
     rec.stop_after, rec.calls = steps, 0
     start = len(rec.events)
@@ -63,7 +63,7 @@ def _run(rec, cache, out, steps, resume=False):
 
 
 def _weights(out):
-    from dpcdvae.models.build import load_model_file
+    from dpcdvae.models.checkpoint import load_model_file
 
     return load_model_file(out / "model.pt")[1]
 
@@ -74,7 +74,7 @@ def _ckpt(out):
 
 def test_loader_skips_the_first_batches_of_an_epoch_deterministically(prepared_cache):
     from dpcdvae.data.cache import load_split
-    from dpcdvae.models.datamodule import DeviceLoader, train_subset
+    from dpcdvae.training.datamodule import DeviceLoader, train_subset
 
     ds = train_subset(load_split(prepared_cache, "perov_5", "train"), 64)
     loader = DeviceLoader(ds, 8, shuffle=True, seed=3, drop_last=True)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from dpcdvae.models.schedule import BudgetClock, WeightEMA, coord_multiplier, cosine_lr, ema_state_dict, warmup_factor
-from dpcdvae.models.train import check_train_config
+from dpcdvae.training.schedule import BudgetClock, WeightEMA, coord_multiplier, cosine_lr, ema_state_dict, warmup_factor
+from dpcdvae.training.train import check_train_config
 
 
 def test_cosine_endpoints_and_monotone():
@@ -31,7 +31,7 @@ def test_warmup_factor():
 
 def test_clock_carries_over_resume_and_segments_stop_one_call(monkeypatch):
     now = [100.0]
-    monkeypatch.setattr("dpcdvae.models.schedule.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("dpcdvae.training.schedule.time.monotonic", lambda: now[0])
     c = BudgetClock(budget_s=600.0, segment_s=250.0)
     c.start()
     now[0] += 200
@@ -102,7 +102,7 @@ def test_coord_multiplier_step_and_ramp():
 
 def test_module_flags_read_the_ramp():
     from dpcdvae.config import load_config
-    from dpcdvae.models.lightning import DPCDVAEModule
+    from dpcdvae.training.lightning import DPCDVAEModule
 
     cfg = load_config("perov_5")
     cfg["train"].update(mul_cost_coord_fraction=0.4, mul_cost_coord_ramp=0.2)
@@ -142,8 +142,8 @@ def test_presets_load_and_paper_preset_keeps_reference_schedule():
 def test_budget_run_segments_resume_and_write_ema_weights(prepared_cache, tmp_path):
     """A time-budgeted tiny run stopped by its segment, then resumed: the budget counts over both
     invocations, the cosine LR continues from where it stopped, and the weight averages are written."""
-    from dpcdvae.models.build import load_model_file
-    from dpcdvae.models.train import train
+    from dpcdvae.models.checkpoint import load_model_file
+    from dpcdvae.training.train import train
 
     out = tmp_path / "run"
     sets = ["train.max_epochs=100000", "train.max_minutes=0.2", "train.segment_minutes=0.08",

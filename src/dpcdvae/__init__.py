@@ -5,7 +5,8 @@ Subpackages:
     data        CSV -> tensor cache preprocessing, batches, loaders
     nn          networks: periodic DimeNet++ / GINE encoders, GemNet-T denoiser
     diffusion   coordinate processes: DDPM (Eq. 6 / Eq. 7 / respaced) and CDVAE's score + Langevin
-    models      the DP-CDVAE model and its thin Lightning training shell
+    models      the DP-CDVAE model, its builder, the property predictor and model files (checkpoint.py)
+    training    training: the thin Lightning shell, budget schedule, EMA, `dpcdvae train` / `export`
     sampling    generation / reconstruction drivers and writers (CIF, extxyz)
     evaluation  reconstruction and generation metrics (pymatgen, matminer, smact)
     pretrained  models shipped with the package: dpcdvae.load_pretrained("perov_5")

@@ -19,7 +19,7 @@ from dpcdvae.errors import DPCDVAEError, missing_dependency_message, one_line
 # a missing optional dependency, still answers those commands with one line saying what to install)
 _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "dpcdvae.data.commands": ("data",),
-    "dpcdvae.models.commands": ("train", "train-property", "export"),
+    "dpcdvae.training.commands": ("train", "train-property", "export"),
     "dpcdvae.sampling.commands": ("sample", "reconstruct"),
     "dpcdvae.evaluation.commands": ("evaluate",),
     "dpcdvae.demo": ("demo",),

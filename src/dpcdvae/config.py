@@ -130,7 +130,7 @@ def _numeric_keys() -> dict[str, tuple]:
 
 # dotted key -> (kind, min, max, min open?, max open?, null allowed?), read from the schema (kept for
 # callers of the former table). The schedule keys of ``train`` (fractions, minutes, EMA, lr <= min_lr)
-# are cross-checked by dpcdvae.models.train.check_train_config.
+# are cross-checked by dpcdvae.training.train.check_train_config.
 NUMERIC_KEYS: dict[str, tuple] = _numeric_keys()
 
 

@@ -190,7 +190,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """``train``: optimisation and schedule (models/train.py, models/lightning.py, models/schedule.py)."""
+    """``train``: optimisation and schedule (training/train.py, training/lightning.py, training/schedule.py)."""
     seed: int = opt(42, "global seed")
     max_epochs: int = opt(3000, "epoch limit", lo=1)
     max_minutes: Optional[float] = opt(None, "wall-clock budget of the run over --resume invocations, min")

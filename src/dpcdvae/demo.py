@@ -269,7 +269,7 @@ def demo(source: Path | str | None = None, out: Path | str = "demo_out", n_sampl
 def _train(source, out: Path, cache: Path, dev, minutes: float, workers: int, progress: bool) -> tuple[Path, str]:
     """The --train path: prepare Perov-5 if needed, train (tiny on a CPU, perov_5 on a GPU)."""
     from dpcdvae.data.prepare import prepare_dataset
-    from dpcdvae.models.train import train
+    from dpcdvae.training.train import train
 
     if not (cache / "perov_5" / "test.pt").exists():
         rep = prepare_dataset("perov_5", source, cache, workers=workers, progress=progress)

@@ -68,7 +68,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _prepare(args: argparse.Namespace) -> int:
     from dpcdvae.data.cache import resolve_cache_dir
-    from dpcdvae.data.prepare import prepare_dataset
 
     if args.workers < 1:
         raise DPCDVAEError(f"--workers must be >= 1, got {args.workers}")
@@ -80,27 +79,29 @@ def _prepare(args: argparse.Namespace) -> int:
         raise DPCDVAEError(f"{', '.join(custom_only)}: options of a custom dataset (--csv-dir DIR --name NAME)")
     if args.dataset is None:
         raise DPCDVAEError(f"give a dataset ({', '.join(_DATASETS)}) or your own CSVs: --csv-dir DIR --name NAME")
-    report = prepare_dataset(
-        args.dataset,
-        source=args.source,
-        cache_dir=resolve_cache_dir(args.cache_dir),
-        splits=tuple(args.splits),
-        workers=args.workers,
-        train_split=args.train_split,
-        limit=args.limit,
-        progress=not args.no_progress and sys.stderr.isatty(),
-    )
+    _print_report(_run_prepare(args, args.dataset, args.source, resolve_cache_dir(args.cache_dir)))
+    return 0
+
+
+def _run_prepare(args: argparse.Namespace, dataset: str, source, cache_dir: Path, files: dict | None = None):
+    """``prepare_dataset`` with the options that the benchmark and the custom form share."""
+    from dpcdvae.data.prepare import prepare_dataset
+
+    return prepare_dataset(dataset, source=source, cache_dir=cache_dir, splits=tuple(args.splits),
+                           workers=args.workers, train_split=args.train_split, limit=args.limit,
+                           progress=not args.no_progress and sys.stderr.isatty(), files=files)
+
+
+def _print_report(report, tail: str = "") -> None:
     for line in report.lines():
         print(line)
     print(f"{report.label}: done in {report.seconds:.1f} s; report in "
-          f"{os.path.join(report.cache_dir, report.dataset, 'report.json')}")
-    return 0
+          f"{os.path.join(report.cache_dir, report.dataset, 'report.json')}{tail}")
 
 
 def _prepare_custom(args: argparse.Namespace) -> int:
     from dpcdvae.data import custom
     from dpcdvae.data.cache import resolve_cache_dir
-    from dpcdvae.data.prepare import prepare_dataset
 
     if args.dataset is not None:
         raise DPCDVAEError(f"give either a dataset ({args.dataset}) or --csv-dir DIR --name NAME, not both")
@@ -113,20 +114,13 @@ def _prepare_custom(args: argparse.Namespace) -> int:
     cache_dir = resolve_cache_dir(args.cache_dir)
     files = custom.write_splits(plan, cache_dir)
     info = custom.register(custom.make_info(plan.name, files, max_atoms, args.prop))
-    report = prepare_dataset(
-        plan.name, source=plan.csv_dir, cache_dir=cache_dir, splits=tuple(args.splits), workers=args.workers,
-        train_split=args.train_split, limit=args.limit, progress=not args.no_progress and sys.stderr.isatty(),
-        files=files,
-    )
+    report = _run_prepare(args, plan.name, plan.csv_dir, cache_dir, files=files)
     record = custom.write_record(cache_dir, info, plan)
     if plan.layout == "single":
         sizes = ", ".join(f"{s} {report.splits[s].n_rows}" for s in files if s in report.splits)
         print(f"{plan.name}: split {plan.single.name} with seed {plan.seed}, fractions "
               f"{' '.join(f'{f:g}' for f in plan.fractions)} -> {sizes} rows in {Path(files['train']).parent}")
-    for line in report.lines():
-        print(line)
-    print(f"{report.label}: done in {report.seconds:.1f} s; report in "
-          f"{os.path.join(report.cache_dir, report.dataset, 'report.json')}; dataset record {record}")
+    _print_report(report, f"; dataset record {record}")
     return 0
 
 

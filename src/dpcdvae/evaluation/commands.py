@@ -109,9 +109,14 @@ def _report_dir(args: argparse.Namespace) -> Path | None:
     return out.with_name(out.name[: -len(".json")] + "_report" if out.name.endswith(".json") else out.name + "_report")
 
 
-def _check(args: argparse.Namespace) -> None:
+def _common_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``evaluate_recon`` / ``evaluate_gen`` given by the options of
+    :func:`_common` and ``--cache-dir`` (``--workers`` checked)."""
     if args.workers is not None and args.workers < 1:
         raise DPCDVAEError(f"--workers must be >= 1, got {args.workers}")
+    return dict(split=args.split, source=args.source, out=Path(args.out), report_dir=_report_dir(args),
+                workers=args.workers, oxidation_states=args.oxidation_states, pauling_missing=args.pauling_missing,
+                progress=not args.no_progress, cache_dir=args.cache_dir)
 
 
 def _print_warnings(result: dict) -> None:
@@ -122,11 +127,8 @@ def _print_warnings(result: dict) -> None:
 def _recon(args: argparse.Namespace) -> int:
     from dpcdvae.evaluation.recon import evaluate_recon
 
-    _check(args)
-    res = evaluate_recon(Path(args.pred), args.dataset, split=args.split, source=args.source, out=Path(args.out),
-                         report_dir=_report_dir(args), workers=args.workers, fp_check=not args.no_fp_check,
-                         oxidation_states=args.oxidation_states, pauling_missing=args.pauling_missing,
-                         progress=not args.no_progress, cache_dir=args.cache_dir)
+    common = _common_kwargs(args)
+    res = evaluate_recon(Path(args.pred), args.dataset, fp_check=not args.no_fp_check, **common)
     print(f"match_rate {res['match_rate']:.4f}  rms_dist {res['rms_dist'] if res['rms_dist'] is None else round(res['rms_dist'], 4)}"
           f"  valid {res['validity']['valid']:.4f}  ({res['n_pred']} predictions, {res['n_gt']} ground truth) "
           f"-> {args.out}")
@@ -137,7 +139,7 @@ def _recon(args: argparse.Namespace) -> int:
 def _gen(args: argparse.Namespace) -> int:
     from dpcdvae.evaluation.gen import evaluate_gen
 
-    _check(args)
+    common = _common_kwargs(args)
     if args.n_wdist < 1:
         raise DPCDVAEError(f"--n-wdist must be >= 1, got {args.n_wdist}")
     if args.max_samples is not None and args.max_samples < 1:
@@ -152,14 +154,11 @@ def _gen(args: argparse.Namespace) -> int:
                     info.cov_cutoffs[1] if args.comp_cutoff is None else args.comp_cutoff)
             print(f"note: {info.name} is a custom dataset: COV cutoffs struct {s:g} / comp {c:g} (CDVAE's mp_20 "
                   "values unless set); choose yours with --struct-cutoff / --comp-cutoff", file=sys.stderr)
-    res = evaluate_gen(Path(args.samples), args.dataset, split=args.split, source=args.source, out=Path(args.out),
-                       report_dir=_report_dir(args), workers=args.workers, cache_dir=args.cache_dir,
-                       use_cache=not args.no_cache, prop_ckpt=args.prop_ckpt,
+    res = evaluate_gen(Path(args.samples), args.dataset, use_cache=not args.no_cache, prop_ckpt=args.prop_ckpt,
                        prop_device=args.prop_device, n_wdist=args.n_wdist, seed=args.seed,
                        max_samples=args.max_samples, subset_seed=args.subset_seed,
-                       oxidation_states=args.oxidation_states, pauling_missing=args.pauling_missing,
                        struct_cutoff=args.struct_cutoff, comp_cutoff=args.comp_cutoff,
-                       shipped_table=not args.no_shipped_table, progress=not args.no_progress)
+                       shipped_table=not args.no_shipped_table, **common)
     v, c, w = res["validity"], res["coverage"], res["wdist"]
 
     def f(x):

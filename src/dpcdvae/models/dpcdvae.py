@@ -4,7 +4,7 @@ Plain ``nn.Module``: the math of the paper (Pakornchote et al. 2024), the loss o
 samplers. The coordinate process (:mod:`dpcdvae.diffusion.process`) is a strategy: ``"ddpm"`` (DP-CDVAE,
 DDPM on fractional coordinates) or ``"score"`` (CDVAE, Cartesian score matching + annealed Langevin);
 the VAE, heads, type loss and loss weighting are shared. Training loops, optimisers and logging live in
-:mod:`dpcdvae.models.lightning`.
+:mod:`dpcdvae.training.lightning`.
 
 Shapes: B crystals, N atoms (N = num_atoms.sum()), latent size D.
 """

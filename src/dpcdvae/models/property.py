@@ -13,9 +13,7 @@ from torch import Tensor, nn
 from dpcdvae.geometry.lattice import lattice_from_params
 from dpcdvae.nn.mlp import build_mlp
 
-__all__ = ["PropertyPredictor", "predict_property", "load_property_model", "PROPERTY_FORMAT"]
-
-PROPERTY_FORMAT = "dpcdvae-property-v1"
+__all__ = ["PropertyPredictor", "predict_property"]
 
 
 class PropertyPredictor(nn.Module):
@@ -53,20 +51,6 @@ class PropertyPredictor(nn.Module):
         return self.forward_scaled(frac_coords, atom_types, num_atoms, batch, lengths, angles) * self.prop_std + self.prop_mean
 
 
-def load_property_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[PropertyPredictor, dict]:
-    """Load a ``train-property`` model file -> (model in eval mode, meta)."""
-    from dpcdvae.safeload import load_weights_only
-
-    obj = load_weights_only(path, "property model")
-    fmt = obj.get("format") if isinstance(obj, dict) else None
-    if fmt != PROPERTY_FORMAT:
-        raise ValueError(f"{path} is not a dpcdvae property model (format {fmt!r})")
-    meta = obj["meta"]
-    model = PropertyPredictor(meta["encoder_cfg"], meta["hidden_dim"], meta["fc_num_layers"], meta["max_atoms"])
-    model.load_state_dict(obj["state_dict"])
-    return model.to(device).eval(), meta
-
-
 @torch.no_grad()
 def predict_property(ckpt_path: Path | str, structures: dict[str, Tensor], batch_size: int = 256,
                      device: str = "cpu") -> np.ndarray:
@@ -81,6 +65,8 @@ def predict_property(ckpt_path: Path | str, structures: dict[str, Tensor], batch
     Returns:
         [B] float64 predictions in the property's units.
     """
+    from dpcdvae.models.checkpoint import load_property_model
+
     model, _ = load_property_model(ckpt_path, device)
     num_atoms = structures["num_atoms"].long()
     ptr = torch.cat([num_atoms.new_zeros(1), num_atoms.cumsum(0)])

@@ -121,7 +121,7 @@ def test_table_path(name: str) -> Path | None:
 
 def load_pretrained(name: str, device: str = "cpu") -> tuple[Any, dict]:
     """(model in eval mode on ``device``, config) of the shipped model ``name``; offline, weights-only."""
-    from dpcdvae.models.build import load_model
+    from dpcdvae.models.checkpoint import load_model
 
     return load_model(model_path(name), device)
 

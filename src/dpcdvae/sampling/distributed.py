@@ -65,7 +65,7 @@ def _worker(rank: int, world: int, device: str, kwargs: dict, queue) -> None:
 def _check_sampling(ckpt: Path | str, sampler: str | None, steps: int | None) -> str:
     """Refuse ``--steps`` / ``--sampler`` the model's process does not take, before any worker starts."""
     from dpcdvae.diffusion.process import build_process
-    from dpcdvae.models.build import load_model_file
+    from dpcdvae.models.checkpoint import load_model_file
 
     cfg, _ = load_model_file(ckpt)
     return build_process(cfg["model"]).check_sampling(sampler, steps)

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -203,14 +203,8 @@ def sample(
         precision: network precision, see :func:`inference_precision` (``auto``: bf16 on CUDA for the
             presets, fp32 on the CPU).
     """
-    from dpcdvae.models.build import load_model
-
     check_sample_args(out, n=n, batch_size=batch_size, steps=steps, rank=rank, world_size=world_size)
-    dev = resolve_device(device)
-    model, cfg = load_model(ckpt, dev)
-    sampler = model.process.check_sampling(sampler, steps)
-    prec = inference_precision(dev, precision, cfg)
-    bs = int(batch_size or cfg.get("sample", {}).get("batch_size", 1024))
+    dev, model, cfg, sampler, prec, bs = _open_model(ckpt, device, sampler, steps, precision, batch_size)
     num_batches = -(-n // bs)
     out = Path(out)
     meta = {"task": "generate", "ckpt": str(Path(ckpt).resolve()), "n": n, "batch_size": bs, "seed": seed,
@@ -246,17 +240,12 @@ def reconstruct(
     """Encode each crystal of ``split`` and decode it; ``samples.pt['index']`` pairs every output with
     the 0-based CSV row of its ground truth (``steps`` / ``sampler`` as in :func:`sample`)."""
     from dpcdvae.data.cache import load_split
-    from dpcdvae.models.build import load_model
 
     check_sample_args(out, batch_size=batch_size, steps=steps, limit=limit)
-    dev = resolve_device(device)
-    model, cfg = load_model(ckpt, dev)
-    sampler = model.process.check_sampling(sampler, steps)
-    prec = inference_precision(dev, precision, cfg)
+    dev, model, cfg, sampler, prec, bs = _open_model(ckpt, device, sampler, steps, precision, batch_size)
     data = load_split(cache_dir, cfg["data"]["dataset"], split)
     n = len(data) if limit is None else min(limit, len(data))
     data = data.to(dev)
-    bs = int(batch_size or cfg.get("sample", {}).get("batch_size", 1024))
     num_batches = -(-n // bs)
     meta = {"task": "reconstruct", "ckpt": str(Path(ckpt).resolve()), "n": n, "batch_size": bs, "seed": seed,
             "steps": steps, "sampler": sampler, "split": split, "dataset": cfg["data"]["dataset"],
@@ -274,6 +263,19 @@ def reconstruct(
 
     return _run_batches(Path(out), num_batches, run_batch, lambda b: b * bs, meta, dev, resume, write_cifs,
                         progress=progress, steps_per_batch=reverse_steps(model, steps))
+
+
+def _open_model(ckpt: Path | str, device: str, sampler: str | None, steps: int | None, precision: str,
+                batch_size: int | None) -> tuple[torch.device, Any, dict, str, str, int]:
+    """The model of ``ckpt`` on ``device`` (eval mode) -> (device, model, config, checked sampler, network
+    precision, crystals per batch)."""
+    from dpcdvae.models.checkpoint import load_model
+
+    dev = resolve_device(device)
+    model, cfg = load_model(ckpt, dev)
+    sampler = model.process.check_sampling(sampler, steps)
+    prec = inference_precision(dev, precision, cfg)
+    return dev, model, cfg, sampler, prec, int(batch_size or cfg.get("sample", {}).get("batch_size", 1024))
 
 
 def reverse_steps(model, steps: int | None) -> int:

@@ -9,13 +9,15 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from dpcdvae.atomic import atomic_torch_save, atomic_write_text
+from dpcdvae.atomic import atomic_write_text
 from dpcdvae.config_schema import defaults
 from dpcdvae.data.batch import CrystalBatch
 from dpcdvae.data.cache import CrystalDataset, load_split
 from dpcdvae.jsonio import dumps_strict
-from dpcdvae.models.datamodule import DeviceLoader, holdout_split, train_subset
-from dpcdvae.models.property import PROPERTY_FORMAT, PropertyPredictor
+from dpcdvae.training.datamodule import DeviceLoader, holdout_split, train_subset
+from dpcdvae.models.checkpoint import lightning_model_state, save_property_model
+from dpcdvae.models.property import PropertyPredictor
+from dpcdvae.safeload import load_weights_only
 
 __all__ = ["train_property", "PropertyModule"]
 
@@ -117,7 +119,7 @@ def train_property(
     from pytorch_lightning.loggers import CSVLogger
 
     from dpcdvae.data.datasets import get_dataset
-    from dpcdvae.models.callbacks import TimeBudget
+    from dpcdvae.training.callbacks import TimeBudget
 
     info = get_dataset(dataset)
     out = Path(out)
@@ -153,8 +155,7 @@ def train_property(
     trainer.fit(module)
     minutes = (time.monotonic() - t0) / 60
     if best.best_model_path:
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        model.load_state_dict(lightning_model_state(load_weights_only(best.best_model_path, "checkpoint")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     test = _with_property(load_split(cache_dir, dataset, "test"), col)
     summary = {
@@ -165,6 +166,6 @@ def train_property(
         "n_test": len(test), "target_std": float(y.std(unbiased=False)),
     }
     meta = {"encoder_cfg": enc, "hidden_dim": 256, "fc_num_layers": 1, "max_atoms": info.max_atoms, **summary}
-    atomic_torch_save(out / "property.pt", {"format": PROPERTY_FORMAT, "meta": meta, "state_dict": model.cpu().state_dict()})
+    save_property_model(out / "property.pt", model, meta)
     atomic_write_text(out / "summary.json", dumps_strict(summary) + "\n")
     return summary

@@ -9,15 +9,15 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from dpcdvae.models.schedule import BudgetClock, WeightEMA
+from dpcdvae.training.schedule import BudgetClock, WeightEMA
 
 
 class TimeBudget(pl.Callback):
     """Stop cleanly once the run has trained for its budget, or this invocation for its segment.
 
-    The clock (:class:`~dpcdvae.models.schedule.BudgetClock`) is saved in every checkpoint, so the
+    The clock (:class:`~dpcdvae.training.schedule.BudgetClock`) is saved in every checkpoint, so the
     budget counts over all ``--resume`` invocations of a run and the schedule that reads its progress
-    (:class:`~dpcdvae.models.lightning.DPCDVAEModule`) continues where it stopped. Under DDP the
+    (:class:`~dpcdvae.training.lightning.DPCDVAEModule`) continues where it stopped. Under DDP the
     elapsed time of rank 0 is broadcast at every step, so every rank uses the same progress (the same
     learning rate) and stops at the same step.
 
@@ -30,12 +30,12 @@ class TimeBudget(pl.Callback):
        checkpoint form (the one ``ModelCheckpoint(every_n_train_steps=...)`` writes), with the epoch,
        the batches done in it, the global step, the optimizer, the weight average (this callback runs
        after :class:`EMACallback`) and the clock at the stop. The training loader
-       (:class:`~dpcdvae.models.datamodule.DeviceLoader`) is stateful, so the checkpoint also holds its
+       (:class:`~dpcdvae.training.datamodule.DeviceLoader`) is stateful, so the checkpoint also holds its
        position ``{epoch, batches_done}``;
     2. skips the validation that ``should_stop`` would run on the partial epoch (so the partial epoch
        neither logs a ``val_loss`` nor feeds the plateau scheduler or ``best.ckpt``).
 
-    The caller (:func:`~dpcdvae.models.train.train`) then installs ``stop_checkpoint`` as
+    The caller (:func:`~dpcdvae.training.train.train`) then installs ``stop_checkpoint`` as
     ``last.ckpt`` instead of saving the finished-looking state after ``fit``. ``--resume`` from it
     restarts the *same* epoch: ``trainer.current_epoch`` is the stopped epoch, the loader draws the same
     permutation and skips the batches already done, ``global_step`` continues, and the epoch then ends
@@ -130,7 +130,7 @@ class TimeBudget(pl.Callback):
 
 
 class EMACallback(pl.Callback):
-    """Keeps a :class:`~dpcdvae.models.schedule.WeightEMA` of ``pl_module.model`` from progress
+    """Keeps a :class:`~dpcdvae.training.schedule.WeightEMA` of ``pl_module.model`` from progress
     ``start`` on (progress as the module's schedule sees it), updated after every optimizer step and
     saved in checkpoints."""
 

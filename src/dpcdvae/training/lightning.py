@@ -1,5 +1,5 @@
 """Thin PyTorch Lightning shell around :class:`~dpcdvae.models.dpcdvae.DPCDVAE`: steps, optimiser,
-LR schedule (:mod:`dpcdvae.models.schedule`) and logging. All math lives in the plain module."""
+LR schedule (:mod:`dpcdvae.training.schedule`) and logging. All math lives in the plain module."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 
 from dpcdvae.data.batch import CrystalBatch
 from dpcdvae.models.dpcdvae import LOSS_KEYS, DPCDVAE
-from dpcdvae.models.callbacks import TimeBudget
-from dpcdvae.models.schedule import coord_multiplier, cosine_lr, warmup_factor
+from dpcdvae.training.callbacks import TimeBudget
+from dpcdvae.training.schedule import coord_multiplier, cosine_lr, warmup_factor
 
 __all__ = ["DPCDVAEModule", "NonFiniteLossError"]
 
@@ -26,7 +26,7 @@ class DPCDVAEModule(pl.LightningModule):
     Args:
         model: the DP-CDVAE module.
         config: the full run config (saved in every checkpoint as ``hyper_parameters['config']``).
-        budget: the run's :class:`~dpcdvae.models.callbacks.TimeBudget` (its clock gives the progress of
+        budget: the run's :class:`~dpcdvae.training.callbacks.TimeBudget` (its clock gives the progress of
             a time-budgeted run; None: progress counts optimizer steps of ``max_epochs``).
     """
 
@@ -52,7 +52,7 @@ class DPCDVAEModule(pl.LightningModule):
 
     def _flags(self, progress: float) -> tuple[bool, float]:
         """(teacher forcing?, coordinate-loss multiplier) at this point of the schedule (module doc of
-        :mod:`dpcdvae.models.schedule`)."""
+        :mod:`dpcdvae.training.schedule`)."""
         tc = self.tcfg
         epoch = self.current_epoch
         tf_frac = tc.get("teacher_forcing_fraction")
@@ -90,7 +90,7 @@ class DPCDVAEModule(pl.LightningModule):
         """Step the plateau scheduler at the end of an epoch that was resumed in its middle.
 
         Lightning skips plateau schedulers at the end of the epoch a checkpoint restarted in (the metric
-        they read was not saved), but a mid-epoch ``--resume`` (:class:`~dpcdvae.models.callbacks.TimeBudget`)
+        they read was not saved), but a mid-epoch ``--resume`` (:class:`~dpcdvae.training.callbacks.TimeBudget`)
         validates that epoch in full, as the uninterrupted run does; stepping here keeps the LR schedule of
         the resumed run equal to the uninterrupted one. (Called before the loop's own step, which does
         not run while restarting, so no epoch is stepped twice.)"""

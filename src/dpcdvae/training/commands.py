@@ -54,8 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from dpcdvae.errors import DPCDVAEError
-    from dpcdvae.models.lightning import NonFiniteLossError
-    from dpcdvae.models.train import train
+    from dpcdvae.training.lightning import NonFiniteLossError
+    from dpcdvae.training.train import train
 
     try:
         res = train(config=args.config, out=args.out, encoder=args.encoder, overrides=args.overrides,
@@ -74,14 +74,14 @@ def tiny_property_encoder() -> dict:
     """The encoder of ``train-property --tiny``: the ``tiny`` preset's encoder_cfg (its DimeNet++ keys)
     with a 16-wide output."""
     from dpcdvae.config import load_preset
-    from dpcdvae.models.property_train import DEFAULT_ENCODER
+    from dpcdvae.training.property_train import DEFAULT_ENCODER
 
     enc = load_preset("tiny")["model"]["encoder_cfg"]
     return {**{k: enc[k] for k in DEFAULT_ENCODER}, "out_channels": 16}
 
 
 def _train_property(args: argparse.Namespace) -> int:
-    from dpcdvae.models.property_train import train_property
+    from dpcdvae.training.property_train import train_property
 
     res = train_property(args.dataset, args.out, cache_dir=args.cache_dir, train_split=args.train_split,
                          max_minutes=args.max_minutes, max_epochs=args.max_epochs, batch_size=args.batch_size,
@@ -92,7 +92,7 @@ def _train_property(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from dpcdvae.models.build import export_model
+    from dpcdvae.models.checkpoint import export_model
 
     paths = export_model(args.ckpt, args.out, max_mb=args.max_mb, dtype=args.dtype)
     for p in paths:

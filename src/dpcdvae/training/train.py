@@ -52,8 +52,8 @@ def _save_weights(out: Path, model, cfg: dict, ema) -> list[str] | None:
     """Write ``model.pt`` (the weights named by ``train.model_weights``) and, when a weight average
     was kept, all three forms: ``model_raw.pt`` (the trained weights), ``model_ema.pt`` (every
     parameter averaged) and ``model_ema_denoiser.pt`` (averaged denoiser, trained encoder and heads)."""
-    from dpcdvae.models.build import save_model
-    from dpcdvae.models.schedule import ema_state_dict
+    from dpcdvae.models.checkpoint import save_model
+    from dpcdvae.training.schedule import ema_state_dict
 
     choice = str(cfg["train"].get("model_weights") or "raw")
     if choice not in WEIGHTS:
@@ -153,7 +153,7 @@ def train(
             (the cosine schedule then stretches to the new end). A stop inside an epoch resumes exactly:
             the same epoch continues at the next batch (``TrainResult.resume_batch``) with the same data
             order, global step and random state, and the partial epoch is not validated
-            (:class:`~dpcdvae.models.callbacks.TimeBudget`).
+            (:class:`~dpcdvae.training.callbacks.TimeBudget`).
         cache_dir: tensor cache (``dpcdvae data prepare``); default ``DPCDVAE_CACHE`` or ~/.cache/dpcdvae.
         devices, strategy, accelerator: passed to Lightning (``--devices 2 --strategy ddp``; docs/MULTIGPU.md).
             Under DDP every rank runs this function (Lightning relaunches the command line); only global
@@ -167,9 +167,9 @@ def train(
     from pytorch_lightning.loggers import CSVLogger
 
     from dpcdvae.models.build import build_model
-    from dpcdvae.models.callbacks import EMACallback, Throughput, TimeBudget
-    from dpcdvae.models.datamodule import CrystalDataModule
-    from dpcdvae.models.lightning import DPCDVAEModule
+    from dpcdvae.training.callbacks import EMACallback, Throughput, TimeBudget
+    from dpcdvae.training.datamodule import CrystalDataModule
+    from dpcdvae.training.lightning import DPCDVAEModule
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"--limit must be an integer >= 1, got {limit!r}")
@@ -213,7 +213,7 @@ def train(
     model = build_model(cfg, dm.scalers)
     tcfg = cfg["train"]
     if tcfg.get("compile") and torch.cuda.is_available():
-        from dpcdvae.models.compile import compile_model
+        from dpcdvae.training.compile import compile_model
 
         compile_model(model)
     # a stop inside an epoch is saved there, at the stop batch, and becomes last.ckpt (TimeBudget doc)
