@@ -203,6 +203,9 @@ class TrainConfig:
     mul_cost_coord_fraction: Optional[float] = opt(None, "x mul_cost_coord once progress >= f (overrides epoch)")
     mul_cost_coord_ramp: float = opt(0.0, "... reached linearly over this fraction of the budget (0 = switch)")
     checkpoint_minutes: Optional[float] = opt(None, "save checkpoints every M minutes (null = each validation)")
+    divergence_factor: Optional[float] = opt(None, "roll back to the best state when val_loss > f x best (null = off)",
+                                             lo=1, lo_open=True)
+    divergence_lr_scale: float = opt(0.7, "... and multiply the peak LR by this", lo=0, hi=1, lo_open=True)
     lr: float = opt(1.0e-3, "learning rate", **_POS)
     warmup_steps: int = opt(200, "linear LR warm-up steps (0 = none)", lo=0)
     lr_factor: float = opt(0.6, "plateau: LR factor", **_OPEN01)

@@ -38,6 +38,7 @@ class DPCDVAEModule(pl.LightningModule):
         self.tcfg = config["train"]
         self.budget = budget  # the run's TimeBudget callback (also in the trainer's callbacks)
         self._progress_now: float | None = None
+        self.lr_scale = 1.0  # lowered by the divergence guard (training/guard.py); saved in checkpoints
 
     def progress(self) -> float:
         """Progress p in [0, 1] of the run: of its time budget (``train.max_minutes``, counted over
@@ -75,10 +76,16 @@ class DPCDVAEModule(pl.LightningModule):
         sched = tc.get("lr_schedule", "plateau")
         if sched == "plateau" and w >= 1.0:
             return  # ReduceLROnPlateau owns the LR after warm-up
-        peak = float(tc["lr"])
-        lr = cosine_lr(p, peak, float(tc["min_lr"])) if sched == "cosine" else peak
+        peak = float(tc["lr"]) * self.lr_scale
+        lr = cosine_lr(p, peak, min(peak, float(tc["min_lr"]))) if sched == "cosine" else peak
         for group in self.optimizers().optimizer.param_groups:
             group["lr"] = lr * w
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lr_scale"] = float(self.lr_scale)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.lr_scale = float(checkpoint.get("lr_scale", 1.0))
 
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)

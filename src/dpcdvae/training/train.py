@@ -35,6 +35,7 @@ class TrainResult:
     budget_minutes: float | None = None       # the run's whole budget (train.max_minutes)
     trained_minutes_total: float | None = None  # over every invocation of the run (--resume)
     budget_done: bool = True                   # False: stopped by train.segment_minutes; --resume continues
+    divergence_rollbacks: int = 0                 # roll-backs of the divergence guard (training/guard.py), whole run
     ema_model_paths: list | None = None        # model_ema.pt (all weights averaged), model_ema_denoiser.pt
     resume_batch: int | None = None            # stopped inside epoch `epochs`: --resume continues it at this batch
     device_name: str | None = None
@@ -232,6 +233,13 @@ def train(
     if float(tcfg.get("ema_decay") or 0.0) > 0.0:
         ema = EMACallback(float(tcfg["ema_decay"]), float(tcfg.get("ema_start") or 0.0))
         callbacks.append(ema)
+    guard = None
+    if tcfg.get("divergence_factor"):
+        from dpcdvae.training.guard import DivergenceGuard
+
+        guard = DivergenceGuard(float(tcfg["divergence_factor"]), float(tcfg.get("divergence_lr_scale") or 0.7),
+                                ema=ema.ema if ema is not None else None)
+        callbacks.append(guard)
     callbacks.append(budget)  # after the weight average: a mid-epoch stop snapshot holds the stop step's average
     trainer = pl.Trainer(
         accelerator=accelerator,
@@ -290,7 +298,7 @@ def train(
         world_size=int(trainer.world_size),
         budget_minutes=float(tcfg["max_minutes"]) if tcfg.get("max_minutes") else None,
         trained_minutes_total=budget.clock.elapsed_s() / 60.0, budget_done=stopped != "segment",
-        ema_model_paths=ema_paths,
+        ema_model_paths=ema_paths, divergence_rollbacks=len(guard.rollbacks) if guard is not None else 0,
         resume_batch=int(budget.stop["batches_done"]) if budget.stopped_mid_epoch else None,
         device_name=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     )
