@@ -241,3 +241,26 @@ def test_prepare_out_clears_own_outputs_and_refuses_foreign(tmp_path, capsys):
     with pytest.raises(FileExistsError, match="thesis.tex"):
         prepare_out(out)
     assert (out / "thesis.tex").exists()
+
+
+def test_gen_metrics_run_every_registered_metric():
+    """The generation metrics are a registry: the four CDVAE groups in order, and a metric registered
+    by a user appears in the output under its name."""
+    from dpcdvae.evaluation.gen import GEN_METRICS, gen_metrics
+    from dpcdvae.evaluation.shipped import read_shipped_table
+    from dpcdvae.evaluation.worker import take_rows
+    from dpcdvae.pretrained import test_table_path
+
+    assert tuple(GEN_METRICS) == ("validity", "wdist", "diversity", "coverage")
+    table, _, _ = read_shipped_table(test_table_path("perov_5"))
+    gen = take_rows(table, np.arange(32))
+    GEN_METRICS.register("mean_density", lambda g, t, ctx: {"gen": float(g["density"][ctx.rows].mean()),
+                                                            "n": int(ctx.rows.size)})
+    try:
+        metrics, rows = gen_metrics(gen, table, 0.2, 4.0, n_wdist=16)
+    finally:
+        GEN_METRICS.unregister("mean_density")
+    assert list(metrics)[:5] == ["validity", "wdist", "diversity", "coverage", "mean_density"]
+    assert metrics["mean_density"]["n"] == 16 == rows.size
+    assert metrics["mean_density"]["gen"] == pytest.approx(float(gen["density"][rows].mean()))
+    assert "mean_density" not in GEN_METRICS

@@ -12,7 +12,8 @@ The registries of this module (their implementations live elsewhere; see docs/AR
 - :data:`PROCESSES`: ``model.process`` -> :class:`~dpcdvae.diffusion.process.CoordinateProcess` class.
 - :data:`SAMPLERS`: ``--sampler`` -> reverse sampler; ``info(name)["process"]`` names its process.
 
-Datasets are registered in :data:`dpcdvae.data.datasets.DATASETS` (a Registry of plain records).
+Datasets are registered in :data:`dpcdvae.data.datasets.DATASETS` (a Registry of plain records), the
+generation metrics in :data:`dpcdvae.evaluation.gen.GEN_METRICS` (beside the code they share).
 This module imports nothing heavy.
 """
 

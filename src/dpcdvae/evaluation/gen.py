@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from dpcdvae.atomic import atomic_write
 from dpcdvae.evaluation.io import CrystalInput
 from dpcdvae.evaluation.worker import EvalOptions, LazyPool
 from dpcdvae.jsonio import write_json as write_strict_json
+from dpcdvae.registry import Registry
 
 
 def library_versions() -> dict[str, str]:
@@ -119,51 +121,93 @@ def evaluate_csv_cached(csv_path: Path, dataset: str, split_label: str, opts: Ev
     return table, info
 
 
-def gen_metrics(gen: dict[str, np.ndarray], gt: dict[str, np.ndarray], struct_cutoff: float, comp_cutoff: float,
-                n_wdist: int = 1000, seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
-    """All GenEval metrics except the property distance, from two record tables.
+@dataclass
+class MetricContext:
+    """What a generation metric sees besides the two record tables: the rows of ``gen`` drawn for the
+    Wasserstein distances and diversities, and the settings."""
+    rows: np.ndarray
+    valid_rows: np.ndarray
+    n_wdist: int
+    seed: int
+    struct_cutoff: float
+    comp_cutoff: float
 
-    Returns: (metrics dict, rows of ``gen`` used for the Wasserstein distances and diversities).
-    """
-    from dpcdvae.evaluation.fingerprints import normalise_comp_fps
-    from dpcdvae.evaluation.metrics import choose_subset, coverage, mean_pdist, validity_summary, wasserstein
 
-    out: dict[str, Any] = {"validity": validity_summary(gen)}
-    valid_rows = np.flatnonzero(gen["valid"])
-    rows = choose_subset(valid_rows, n_wdist, seed)
-    warnings = []
-    if valid_rows.size < n_wdist:
-        warnings.append(f"only {valid_rows.size} valid crystals (< {n_wdist}): W distances and diversity use all of them")
-    gt_ok = gt["constructed"]
-    out["wdist"] = {
-        "n_samples": int(rows.size), "seed": seed, "n_gt": int(gt_ok.sum()),
+# Generation metrics (CDVAE's GenEval): name -> f(gen, gt, ctx) -> the dict stored under that name in
+# metrics.json. Adding a metric = one function + one registration; ``gen_metrics`` runs them all in order.
+GEN_METRICS: Registry = Registry("generation metric")
+
+
+@GEN_METRICS.register("validity", help="structure + composition validity (docs/REFERENCE.md)")
+def _validity(gen: dict[str, np.ndarray], gt: dict[str, np.ndarray], ctx: MetricContext) -> dict[str, Any]:
+    from dpcdvae.evaluation.metrics import validity_summary
+
+    return validity_summary(gen)
+
+
+@GEN_METRICS.register("wdist", help="Wasserstein distances of density and #elements, valid subset")
+def _wdist(gen: dict[str, np.ndarray], gt: dict[str, np.ndarray], ctx: MetricContext) -> dict[str, Any]:
+    from dpcdvae.evaluation.metrics import choose_subset, wasserstein
+
+    rows, gt_ok = ctx.rows, gt["constructed"]
+    out = {
+        "n_samples": int(rows.size), "seed": ctx.seed, "n_gt": int(gt_ok.sum()),
         "wdist_density": wasserstein(gen["density"][rows], gt["density"][gt_ok]),
         "wdist_num_elems": wasserstein(gen["n_elems"][rows], gt["n_elems"][gt_ok]),
     }
-    if valid_rows.size > n_wdist:  # spread of the W distances over 10 draws of the random subset
-        draws = [choose_subset(valid_rows, n_wdist, seed + k) for k in range(10)]
+    if ctx.valid_rows.size > ctx.n_wdist:  # spread of the W distances over 10 draws of the random subset
+        draws = [choose_subset(ctx.valid_rows, ctx.n_wdist, ctx.seed + k) for k in range(10)]
         dens = [wasserstein(gen["density"][r], gt["density"][gt_ok]) for r in draws]
         nel = [wasserstein(gen["n_elems"][r], gt["n_elems"][gt_ok]) for r in draws]
-        out["wdist"]["resampled_10_seeds"] = {
-            "seeds": [seed, seed + 9],
+        out["resampled_10_seeds"] = {
+            "seeds": [ctx.seed, ctx.seed + 9],
             "wdist_density_mean": float(np.mean(dens)), "wdist_density_std": float(np.std(dens)),
             "wdist_num_elems_mean": float(np.mean(nel)), "wdist_num_elems_std": float(np.std(nel)),
         }
-    out["diversity"] = {
-        "comp_div": mean_pdist(normalise_comp_fps(gen["comp_fp"][rows])),
-        "struct_div": mean_pdist(gen["struct_fp"][rows]),
-    }
+    return out
+
+
+@GEN_METRICS.register("diversity", help="mean pairwise fingerprint distances of the valid subset")
+def _diversity(gen: dict[str, np.ndarray], gt: dict[str, np.ndarray], ctx: MetricContext) -> dict[str, Any]:
+    from dpcdvae.evaluation.fingerprints import normalise_comp_fps
+    from dpcdvae.evaluation.metrics import mean_pdist
+
+    return {"comp_div": mean_pdist(normalise_comp_fps(gen["comp_fp"][ctx.rows])),
+            "struct_div": mean_pdist(gen["struct_fp"][ctx.rows])}
+
+
+@GEN_METRICS.register("coverage", help="COV-R / COV-P and AMSD / AMCD against the test split")
+def _coverage(gen: dict[str, np.ndarray], gt: dict[str, np.ndarray], ctx: MetricContext) -> dict[str, Any]:
+    from dpcdvae.evaluation.fingerprints import normalise_comp_fps
+    from dpcdvae.evaluation.metrics import coverage
+
     g_fp = gen["has_struct_fp"] & gen["has_comp_fp"]
     t_fp = gt["has_struct_fp"] & gt["has_comp_fp"]
     cov = coverage(gen["struct_fp"][g_fp], normalise_comp_fps(gen["comp_fp"][g_fp]),
                    gt["struct_fp"][t_fp], normalise_comp_fps(gt["comp_fp"][t_fp]),
-                   struct_cutoff, comp_cutoff, num_gen=int(gen["valid"].shape[0]))
-    cov.update(struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff, n_gen_with_fp=int(g_fp.sum()),
+                   ctx.struct_cutoff, ctx.comp_cutoff, num_gen=int(gen["valid"].shape[0]))
+    cov.update(struct_cutoff=ctx.struct_cutoff, comp_cutoff=ctx.comp_cutoff, n_gen_with_fp=int(g_fp.sum()),
                n_gen_total=int(gen["valid"].shape[0]), n_gt_with_fp=int(t_fp.sum()), n_gt_total=int(t_fp.shape[0]))
-    out["coverage"] = cov
-    if warnings:
-        out["warnings"] = warnings
-    return out, rows
+    return cov
+
+
+def gen_metrics(gen: dict[str, np.ndarray], gt: dict[str, np.ndarray], struct_cutoff: float, comp_cutoff: float,
+                n_wdist: int = 1000, seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
+    """Every registered generation metric (:data:`GEN_METRICS`) except the property distance, from two
+    record tables.
+
+    Returns: (metrics dict, rows of ``gen`` used for the Wasserstein distances and diversities).
+    """
+    from dpcdvae.evaluation.metrics import choose_subset
+
+    valid_rows = np.flatnonzero(gen["valid"])
+    ctx = MetricContext(rows=choose_subset(valid_rows, n_wdist, seed), valid_rows=valid_rows, n_wdist=n_wdist,
+                        seed=seed, struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff)
+    out: dict[str, Any] = {name: GEN_METRICS[name](gen, gt, ctx) for name in GEN_METRICS}
+    if valid_rows.size < n_wdist:
+        out["warnings"] = [f"only {valid_rows.size} valid crystals (< {n_wdist}): W distances and diversity use "
+                           "all of them"]
+    return out, ctx.rows
 
 
 def _predict(prop_ckpt: Path, table: dict[str, np.ndarray], rows: np.ndarray, device: str) -> np.ndarray:
