@@ -179,7 +179,7 @@ def write_report(out: Path, metrics: dict[str, Any], summary: dict[str, Any]) ->
         "crystals, the demo's size, and is the fair comparison: COV-R grows with the number of crystals "
         f"scored ({c['n_gen_total']} here against {c['n_gt_total']} test crystals) and W distances of a few "
         "hundred crystals are noisy (real crystals give W(density) 0.29 at 256 and 0.17 at 3,787). The paper "
-        "scored 10,240 crystals of a model trained 3,000 epochs; our model trained 20 minutes. W(E) uses our "
+        "scored 10,240 crystals of a model trained 3,000 epochs; ours is the model named above. W(E) uses our "
         "property predictor (the 'all' column another one of ours), not CDVAE's unpublished one. "
         f"W distances here use {w['n_samples']} valid crystals.",
         "",
