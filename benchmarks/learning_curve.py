@@ -4,6 +4,9 @@ with the full Eq. 7 chain, score it. Not a test.
     # on the GPU machine (no pymatgen needed): train every budget and reconstruct when a run is done
     python benchmarks/learning_curve.py run --out /root/lc --cache-dir .cache --budgets 5 10 20 \\
         [--variant b1024:data.batch_size=1024,train.lr=1.4e-3] [--parallel] [--deadline-minutes 9.3]
+    # issue 10: DP-CDVAE and the two CDVAE baselines on Carbon-24, same budget each, side by side, 100 samples each
+    python benchmarks/learning_curve.py run --out /root/c24 --config carbon_24 --cache-dir .cache --budgets 8 \\
+        --variant cdvae=carbon_24_cdvae: --variant cdvae_fourier=carbon_24_cdvae_fourier: --parallel --gen-n 100
     # anywhere with the chem extras: score every reconstruction, print and write the curve
     python benchmarks/learning_curve.py score --out /root/lc --source ../shared/data
 
@@ -32,14 +35,17 @@ from pathlib import Path
 WEIGHT_FILES = ("model_raw.pt", "model_ema.pt", "model_ema_denoiser.pt")
 
 
-def _runs(budgets: list[float], variants: list[str]) -> list[tuple[str, float, list[str]]]:
-    """(name, budget minutes, overrides) of every run."""
-    out = [(f"b{b:g}", b, []) for b in budgets]
+def _runs(budgets: list[float], variants: list[str]) -> list[tuple[str, float, list[str], str | None]]:
+    """(name, budget minutes, overrides, preset or None = --config) of every run. A variant is
+    ``NAME[@B[+B...]][=PRESET]:key=value,...``; ``=PRESET`` trains it from another preset (e.g. the CDVAE
+    baseline ``cdvae=carbon_24_cdvae:``) with the same budget."""
+    out = [(f"b{b:g}", b, [], None) for b in budgets]
     for spec in variants:
         name, _, sets = spec.partition(":")
+        name, _, preset = name.partition("=")
         base, _, at = name.partition("@")
         vb = [float(x) for x in at.split("+")] if at else [max(budgets)]
-        out += [(f"{base}_b{b:g}", b, [s for s in sets.split(",") if s]) for b in vb]
+        out += [(f"{base}_b{b:g}", b, [s for s in sets.split(",") if s], preset or None) for b in vb]
     return out
 
 
@@ -77,13 +83,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     def left_min() -> float:
         return (deadline - time.monotonic()) / 60.0
 
-    def start_train(name: str, budget: float, sets: list[str]) -> None:
+    def start_train(name: str, budget: float, sets: list[str], preset: str | None = None) -> None:
         run_dir = out / name
         seg = left_min() - args.margin_minutes
         if seg < 0.5:
             return
         resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
-        cmd = dp + ["train", "--config", args.config, "--out", str(run_dir), "--cache-dir", args.cache_dir,
+        cmd = dp + ["train", "--config", preset or args.config, "--out", str(run_dir), "--cache-dir", args.cache_dir,
                     "--no-progress", "--set", f"train.max_minutes={budget:g}", f"train.segment_minutes={seg:.2f}",
                     *sets, *args.set]
         if resume:
@@ -99,11 +105,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         for w in _weights(out / name):
             if (name, w) not in recon_queue:
                 recon_queue.append((name, w))
+        if args.gen_n and (name, None) not in recon_queue:
+            recon_queue.append((name, None))  # None: generate --gen-n crystals with model.pt
 
     def launch_recons() -> None:
         while recon_queue and sum(k.startswith("recon:") for k in procs) < args.max_recon_procs:
             name, w = recon_queue.pop(0)
             run_dir = out / name
+            if w is None:
+                gdir = run_dir / "gen"
+                if (gdir / "samples.pt").is_file() or f"gen:{gdir}" in procs:
+                    continue
+                cmd = dp + ["sample", "--ckpt", str(run_dir / "model.pt"), "-n", str(args.gen_n), "--out", str(gdir),
+                            "--batch-size", str(args.recon_batch_size), "--no-cif", "--no-progress", "--seed", "0"]
+                if gdir.exists():
+                    cmd.append("--resume")
+                log = open(out / f"{name}.gen.log", "a")
+                print(f"[{time.strftime('%H:%M:%S')}] generate {args.gen_n} with {name}/model.pt", flush=True)
+                procs[f"recon:gen:{gdir}"] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                continue
             rdir = _recon_dir(run_dir, w)
             if (rdir / "samples.pt").is_file() or f"recon:{rdir}" in procs:
                 continue
@@ -121,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             procs[f"recon:{rdir}"] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     pending = [r for r in runs if not _done(out / r[0])]
-    for name, budget, sets in runs:
+    for name, *_ in runs:
         if _done(out / name):
             start_recons(name)
     if args.parallel:
@@ -222,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--deadline-minutes", type=float, default=1e9, help="end this invocation by then")
     r.add_argument("--margin-minutes", type=float, default=0.6, help="start-up/save time kept free")
     r.add_argument("--recon-batch-size", type=int, default=1300)
+    r.add_argument("--gen-n", type=int, default=0, help="also generate N crystals with each finished model.pt")
     r.add_argument("--recon-limit", type=int, default=None, help="crystals reconstructed with the primary weights")
     r.add_argument("--primary-weights", nargs="+", default=["raw", "model"],
                    help="weights reconstructed on the whole split (or --recon-limit)")
