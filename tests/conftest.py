@@ -51,3 +51,24 @@ def tiny_model(prepared_cache, tmp_path_factory):
 
 def load_samples(path):
     return torch.load(path / "samples.pt", weights_only=True)
+
+
+def overfit_losses(model, batch, lr: float, steps: int, draws: int = 4) -> tuple[float, float]:
+    """Mean loss over ``draws`` fixed noise seeds before and after ``steps`` Adam steps on one batch
+    (step k uses seed k % draws): the one-batch overfitting check of the model tests."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def loss_at(seed):
+        torch.manual_seed(seed)
+        return model(batch, teacher_forcing=True)["loss"]
+
+    def mean_loss():
+        with torch.no_grad():
+            return float(sum(loss_at(s) for s in range(draws)) / draws)
+
+    first = mean_loss()
+    for step in range(steps):
+        opt.zero_grad()
+        loss_at(step % draws).backward()
+        opt.step()
+    return first, mean_loss()

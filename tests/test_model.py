@@ -10,6 +10,8 @@ from dpcdvae.models.build import build_model
 from dpcdvae.models.checkpoint import load_model, save_model
 from dpcdvae.models.dpcdvae import LOSS_KEYS
 
+from conftest import overfit_losses
+
 
 @pytest.fixture(scope="module")
 def perov_batch(prepared_cache):
@@ -40,21 +42,7 @@ def test_tiny_model_overfits_one_batch(perov_batch):
     """Loss on one fixed batch (fixed noise) falls >= 10x within a 120 Adam steps."""
     batch, scalers = perov_batch
     model, _ = _tiny(scalers)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-
-    def loss_at(seed):
-        torch.manual_seed(seed)
-        return model(batch, teacher_forcing=True)["loss"]
-
-    with torch.no_grad():
-        first = float(sum(loss_at(s) for s in range(4)) / 4)
-    for step in range(120):
-        opt.zero_grad()
-        loss = loss_at(step % 4)
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        last = float(sum(loss_at(s) for s in range(4)) / 4)
+    first, last = overfit_losses(model, batch, lr=3e-3, steps=120)
     assert last < first / 10, (first, last)
 
 

@@ -16,6 +16,8 @@ from dpcdvae.diffusion.score import annealed_langevin, geometric_sigmas, min_ima
 from dpcdvae.models.build import build_model
 from dpcdvae.models.checkpoint import load_model, save_model
 
+from conftest import overfit_losses
+
 # the two CDVAE baselines at the tiny sizes (carbon_24_cdvae / carbon_24_cdvae_fourier at full size)
 BASELINES = {"cdvae": [], "cdvae_fourier": ["model.denoiser_cfg.fourier=true"]}
 
@@ -159,20 +161,7 @@ def test_baseline_overfits_one_batch(perov_batch, name):
     model, _ = _baseline(name, scalers)
     assert isinstance(model.process, ScoreProcess) and model.denoiser.conditioning == "cdvae"
     assert model.denoiser.fourier == (name == "cdvae_fourier") and model.denoiser.eps_frame == "cartesian"
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-
-    def loss_at(seed):
-        torch.manual_seed(seed)
-        return model(batch, teacher_forcing=True)["loss"]
-
-    with torch.no_grad():
-        first = float(sum(loss_at(s) for s in range(4)) / 4)
-    for step in range(100):
-        opt.zero_grad()
-        loss_at(step % 4).backward()
-        opt.step()
-    with torch.no_grad():
-        last = float(sum(loss_at(s) for s in range(4)) / 4)
+    first, last = overfit_losses(model, batch, lr=1e-2, steps=100)
     assert last < first / 8, (first, last)
 
 
