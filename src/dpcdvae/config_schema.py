@@ -193,16 +193,19 @@ class TrainConfig:
     """``train``: optimisation and schedule (training/train.py, training/lightning.py, training/schedule.py)."""
     seed: int = opt(42, "global seed")
     max_epochs: int = opt(3000, "epoch limit", lo=1)
-    max_minutes: Optional[float] = opt(None, "wall-clock budget of the run over --resume invocations, min")
-    segment_minutes: Optional[float] = opt(None, "stop this invocation after M minutes (--resume continues)")
+    max_minutes: Optional[float] = opt(None, "wall-clock budget of the run over --resume invocations, min", **_POS)
+    segment_minutes: Optional[float] = opt(None, "stop this invocation after M minutes (--resume continues)", **_POS)
     lr_schedule: str = opt("plateau", "plateau (ReduceLROnPlateau) | cosine (over the budget)",
                            choices=("plateau", "cosine"))
     teacher_forcing_max_epoch: int = opt(400, "lattice teacher forcing up to this epoch", lo=0)
-    teacher_forcing_fraction: Optional[float] = opt(None, "teacher forcing while progress < f (overrides epoch)")
+    teacher_forcing_fraction: Optional[float] = opt(None, "teacher forcing while progress < f (overrides epoch)",
+                                                   **_FRAC)
     mul_cost_coord_epoch: int = opt(1000, "x mul_cost_coord once epoch > this", lo=0)
-    mul_cost_coord_fraction: Optional[float] = opt(None, "x mul_cost_coord once progress >= f (overrides epoch)")
-    mul_cost_coord_ramp: float = opt(0.0, "... reached linearly over this fraction of the budget (0 = switch)")
-    checkpoint_minutes: Optional[float] = opt(None, "save checkpoints every M minutes (null = each validation)")
+    mul_cost_coord_fraction: Optional[float] = opt(None, "x mul_cost_coord once progress >= f (overrides epoch)",
+                                                  **_FRAC)
+    mul_cost_coord_ramp: float = opt(0.0, "... reached linearly over this fraction of the budget (0 = switch)", **_FRAC)
+    checkpoint_minutes: Optional[float] = opt(None, "save checkpoints every M minutes (null = each validation)",
+                                              **_POS)
     divergence_factor: Optional[float] = opt(None, "roll back to the best state when val_loss > f x best (null = off)",
                                              lo=1, lo_open=True)
     divergence_lr_scale: float = opt(0.7, "... and multiply the peak LR by this", lo=0, hi=1, lo_open=True)
@@ -211,8 +214,8 @@ class TrainConfig:
     lr_factor: float = opt(0.6, "plateau: LR factor", **_OPEN01)
     lr_patience: int = opt(30, "plateau: patience, epochs", lo=0)
     min_lr: float = opt(1.0e-4, "smallest LR", lo=0)
-    ema_decay: Optional[float] = opt(0.0, "weight-average decay (0 / null = none)")
-    ema_start: Optional[float] = opt(0.5, "progress at which the weight average starts (null = 0)")
+    ema_decay: Optional[float] = opt(0.0, "weight-average decay (0 / null = none)", lo=0, hi=1, hi_open=True)
+    ema_start: Optional[float] = opt(0.5, "progress at which the weight average starts (null = 0)", **_FRAC)
     model_weights: Optional[str] = opt("raw", "what model.pt holds: raw | ema | ema_denoiser (null = raw)",
                              choices=("raw", "ema", "ema_denoiser"))
     fused_adam: bool = opt(False, "torch's fused Adam on CUDA")

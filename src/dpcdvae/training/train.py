@@ -35,7 +35,7 @@ class TrainResult:
     budget_minutes: float | None = None       # the run's whole budget (train.max_minutes)
     trained_minutes_total: float | None = None  # over every invocation of the run (--resume)
     budget_done: bool = True                   # False: stopped by train.segment_minutes; --resume continues
-    divergence_rollbacks: int = 0                 # roll-backs of the divergence guard (training/guard.py), whole run
+    divergence_rollbacks: int = 0              # roll-backs of the divergence guard (training/guard.py), whole run
     ema_model_paths: list | None = None        # model_ema.pt (all weights averaged), model_ema_denoiser.pt
     resume_batch: int | None = None            # stopped inside epoch `epochs`: --resume continues it at this batch
     device_name: str | None = None
@@ -46,7 +46,6 @@ def _last_ckpt(out: Path) -> Path:
 
 
 WEIGHTS: tuple[str, ...] = fields_by_key()["train.model_weights"].choices  # raw | ema | ema_denoiser
-LR_SCHEDULES: tuple[str, ...] = fields_by_key()["train.lr_schedule"].choices  # plateau | cosine
 
 
 def _save_weights(out: Path, model, cfg: dict, ema) -> list[str] | None:
@@ -71,24 +70,13 @@ def _save_weights(out: Path, model, cfg: dict, ema) -> list[str] | None:
 
 
 def check_train_config(tcfg: dict) -> None:
-    """Reject bad values of the schedule keys before any work starts (one line each)."""
-    if tcfg.get("lr_schedule", "plateau") not in LR_SCHEDULES:
-        raise ValueError(f"train.lr_schedule must be 'cosine' or 'plateau', got {tcfg.get('lr_schedule')!r}")
-    if str(tcfg.get("model_weights") or "raw") not in WEIGHTS:
-        raise ValueError(f"train.model_weights must be one of {', '.join(WEIGHTS)}, got {tcfg.get('model_weights')!r}")
-    for key in ("teacher_forcing_fraction", "mul_cost_coord_fraction", "mul_cost_coord_ramp", "ema_start"):
-        v = tcfg.get(key)
-        if v is not None and not (isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0):
-            raise ValueError(f"train.{key} must be null or a number in [0, 1], got {v!r}")
-    d = tcfg.get("ema_decay") or 0.0
-    if not (isinstance(d, (int, float)) and 0.0 <= float(d) < 1.0):
-        raise ValueError(f"train.ema_decay must be a number in [0, 1) (0 = no average), got {d!r}")
-    for key in ("max_minutes", "segment_minutes", "checkpoint_minutes"):
-        v = tcfg.get(key)
-        if v is not None and not (isinstance(v, (int, float)) and float(v) > 0):
-            raise ValueError(f"train.{key} must be null or a positive number of minutes, got {v!r}")
-    if not (isinstance(tcfg.get("min_lr"), (int, float)) and isinstance(tcfg.get("lr"), (int, float))
-            and 0 <= float(tcfg["min_lr"]) <= float(tcfg["lr"])):
+    """Reject bad values of the ``train`` keys before any work starts (one line each): types, ranges
+    and choices from the schema (:mod:`dpcdvae.config_schema`), then ``0 <= min_lr <= lr``."""
+    from dpcdvae.config_schema import validate
+
+    validate({"train": tcfg})
+    lr, min_lr = tcfg.get("lr"), tcfg.get("min_lr")
+    if lr is None or min_lr is None or float(min_lr) > float(lr):
         raise ValueError(f"train.lr and train.min_lr must be numbers with 0 <= min_lr <= lr, got "
                          f"{tcfg.get('lr')!r} and {tcfg.get('min_lr')!r}")
 
