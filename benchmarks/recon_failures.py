@@ -2,7 +2,7 @@
 right composition but no match, and test whether the geometry alone matches (all species set equal:
 cations on swapped sites). Not a test.
 
-    python benchmarks/recon_failures.py --pred results/perov_5/dime/recon_samples.pt \\
+    python benchmarks/recon_failures.py --pred results/perov_5/dime_17min/recon_samples.pt \\
         --csv ../shared/data/perov_5/test.csv.gz -n 400 --seed 0
 
 Also prints the exact-composition and right-N_a rates over ALL predictions. StructureMatcher settings as

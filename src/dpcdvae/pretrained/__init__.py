@@ -59,7 +59,7 @@ PRETRAINED: dict[str, PretrainedInfo] = {
             "hardware": "one NVIDIA H200, alone on the card",
             "minutes": 17.0, "epochs": 1197, "optimizer_steps": 5978, "batch_size": 2048,
             "weights": "raw (model_raw.pt of the run), stored in bfloat16",
-            "source": "RESULTS.md 'Perov-5 at batch 2048, alone on the card'; results/perov_5/dime/train_summary.json",
+            "source": "RESULTS.md 'Perov-5 at batch 2048, alone on the card'; results/perov_5/dime_17min/train_summary.json",
         },
         measured={
             "reconstruction": {"split": "test", "n": 3785, "sampler": "full Eq. 7 chain (999 steps)",
