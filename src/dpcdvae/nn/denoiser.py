@@ -185,6 +185,9 @@ class DPDenoiser(nn.Module):
         batch: Tensor,
         lattice: Tensor,
         graph: PeriodicGraph | None = None,
+        *,
+        width: int | None = None,
+        edge_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Predict the coordinate noise and the atom-type logits.
 
@@ -197,7 +200,10 @@ class DPDenoiser(nn.Module):
             num_atoms: [B] atoms per crystal (atoms of a crystal contiguous).
             batch: [N] crystal index of each atom.
             lattice: [B, 3, 3] rows = lattice vectors, Å.
-            graph: optional prebuilt :meth:`build_graph` result for these inputs.
+            graph: optional prebuilt :meth:`build_graph` result for these inputs (or a padded graph
+                of :func:`~dpcdvae.geometry.static_graph.radius_graph_static`).
+            width, edge_mask: for a padded graph, its fixed in-degree bound and [E] real-edge mask
+                (:meth:`~dpcdvae.nn.gemnet.GemNetT.edge_bases`); None for an ordinary graph.
 
         Returns:
             eps [N, 3] (fp32; frame per ``eps_frame``) and type logits [N, num_types] (class = Z - 1).
@@ -213,7 +219,10 @@ class DPDenoiser(nn.Module):
         if graph is None:
             graph = self.build_graph(frac_coords, lattice, num_atoms)
         h = self.atom_features(z, t, T, frac_coords, atom_types, batch)
-        vec, h_final = self.gemnet(h, graph)
+        if width is None and edge_mask is None:
+            vec, h_final = self.gemnet(h, graph)
+        else:
+            vec, h_final = self.gemnet(h, graph, width=width, edge_mask=edge_mask)
         logits = self.type_head(h_final)
         if self.eps_frame == "fractional":
             with torch.autocast(device_type=vec.device.type, enabled=False):

@@ -17,7 +17,7 @@ we use the decoder's on-the-fly graph to avoid pymatgen at training time and slo
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,9 @@ from dpcdvae.nn.dimenet import PeriodicDimeNetPP
 from dpcdvae.nn.gine import GINEEncoder
 from dpcdvae.nn.init import reset_after_build, reset_modules
 from dpcdvae.registry import ENCODERS
+
+if TYPE_CHECKING:
+    from dpcdvae.geometry.graph import PeriodicGraph
 
 __all__ = ["CrystalEncoder", "VARIANTS", "Variant", "ENCODERS"]
 
@@ -171,11 +174,28 @@ class CrystalEncoder(nn.Module):
                              self.max_atoms if self.use_na else None)
         graph = self.dimenet.build_graph(frac_coords, lattice, num_atoms)
         idx_kj, idx_ji = self.dimenet.triplets(graph)
+        return self.forward_graph(atom_types, graph, idx_kj, idx_ji, batch, num_atoms)
+
+    def forward_graph(self, atom_types: Tensor, graph: PeriodicGraph, idx_kj: Tensor,
+                      idx_ji: Tensor, batch: Tensor, num_atoms: Tensor,
+                      na_counts: Tensor | None = None) -> Tensor:
+        """Encode with a prebuilt graph and DimeNet triplets (no input checks).
+
+        Args:
+            atom_types: [N] Z. graph: periodic graph (or a padded one, whose sink edges and sink
+                triplets only reach sink atoms). idx_kj, idx_ji: [T] DimeNet triplets.
+            batch: [N] crystal index. num_atoms: [B] atoms per crystal (the readout's counts).
+            na_counts: [B] atom counts for the N_a embedding of the ``+na`` variants (default
+                ``num_atoms``; a padded batch passes its counts clamped to ``max_atoms``).
+
+        Returns:
+            [B, out_channels] float32.
+        """
         parts = [self.dimenet.forward_graph(atom_types, graph, idx_kj, idx_ji, batch, num_atoms)]
         if self.gine is not None:
             parts.append(self.gine.forward_graph(atom_types, graph, batch, num_atoms))
         if self.na_emb is not None:
-            parts.append(self.na_emb(num_atoms.long()))
+            parts.append(self.na_emb((num_atoms if na_counts is None else na_counts).long()))
         if self.fuse is None:
             return parts[0]
         out = self.fuse(torch.cat([p.to(parts[0].dtype) for p in parts], dim=-1))

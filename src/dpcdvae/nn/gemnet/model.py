@@ -137,7 +137,8 @@ class GemNetT(nn.Module):
         """{reference name: ScaleFactor} of this model."""
         return scale_factors(self)
 
-    def edge_bases(self, graph: PeriodicGraph, width: int | None = None) -> tuple[EdgeBases, Tensor]:
+    def edge_bases(self, graph: PeriodicGraph, width: int | None = None,
+                   edge_mask: Tensor | None = None) -> tuple[EdgeBases, Tensor]:
         """Per-forward shared tensors (docs/GEMNET.md §4.2) and unit edge vectors u [E, 3].
 
         Geometry, bases and the angular table are computed with autocast off in fp32 (fp64 for fp64
@@ -146,6 +147,10 @@ class GemNetT(nn.Module):
         Args:
             graph: periodic graph (edges sorted by target).
             width: D >= max in-degree of the padded triplet layout; None computes it (one host sync).
+            edge_mask: [E] bool for a padded graph (:mod:`dpcdvae.geometry.static_graph`): False marks
+                sink edges, which all share one slot of the last atom's row (a sink atom without real
+                edges), so they form no triplet; real edges beyond ``width`` go there too (the graph's
+                ``overflow`` flag reports them) instead of failing an assert. None: every edge is real.
         """
         src, dst, id_swap = graph.src, graph.dst, graph.id_swap
         n = int(graph.num_nodes)
@@ -163,9 +168,12 @@ class GemNetT(nn.Module):
             u = vec / dist.unsqueeze(-1)
             rbf = self.radial_basis(dist)  # [E, R]
             rank = torch.arange(num_edges, device=device) - (torch.cumsum(deg, 0) - deg)[dst]
-            if num_edges > 0:
-                torch._assert_async((rank < width).all(), "GemNetT: padded width < max in-degree")
-            slot = dst * width + rank
+            if edge_mask is None:
+                if num_edges > 0:
+                    torch._assert_async((rank < width).all(), "GemNetT: padded width < max in-degree")
+                slot = dst * width + rank
+            else:
+                slot = torch.where(edge_mask & (rank < width), dst * width + rank, (n - 1) * width)
             u_pad = u.new_zeros(n * width, 3).index_copy(0, slot, u).view(n, width, 3)
             cos = (u_pad.unsqueeze(2) * u_pad.unsqueeze(1)).sum(-1).clamp(-1.0, 1.0)  # [N, D, D]
             valid = torch.zeros(n * width, dtype=torch.bool, device=device).index_fill(0, slot, True)
@@ -191,7 +199,8 @@ class GemNetT(nn.Module):
         return bases, u
 
     def forward(
-        self, h: Tensor, graph: PeriodicGraph, triplets: GemNetTriplets | None = None
+        self, h: Tensor, graph: PeriodicGraph, triplets: GemNetTriplets | None = None, *,
+        width: int | None = None, edge_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Run GemNet-T.
 
@@ -203,6 +212,8 @@ class GemNetT(nn.Module):
                 the in-degrees (one host sync). The atom-padded layout enumerates exactly the triplets
                 of :func:`~dpcdvae.geometry.triplets.gemnet_triplets` (ordered pairs of distinct edges
                 with the same target), so the index lists are not needed.
+            width: the padded width directly (overrides ``triplets``; a padded graph's max degree).
+            edge_mask: [E] bool real edges of a padded graph (see :meth:`edge_bases`).
 
         Returns:
             vec [N, 3] (fp32, fp64 for fp64 graphs; Cartesian frame of ``graph.vec``) and
@@ -212,8 +223,9 @@ class GemNetT(nn.Module):
             raise ValueError(f"h must be [N, {self.emb_size_atom}], got {tuple(h.shape)}")
         if h.shape[0] != graph.num_nodes:
             raise ValueError(f"h has {h.shape[0]} rows but the graph has {graph.num_nodes} nodes")
-        width = None if triplets is None else triplets.kmax + 1
-        bases, u = self.edge_bases(graph, width)
+        if width is None:
+            width = None if triplets is None else triplets.kmax + 1
+        bases, u = self.edge_bases(graph, width, edge_mask)
         return self.run_blocks(h, bases, u)
 
     def run_blocks(self, h: Tensor, bases: EdgeBases, u: Tensor) -> tuple[Tensor, Tensor]:
