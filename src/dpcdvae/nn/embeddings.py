@@ -105,7 +105,9 @@ def fourier_features(frac_coords: Tensor, n_min: int = 3, n_max: int = 8) -> Ten
     dtype = geometry_dtype(frac_coords)
     with torch.autocast(device_type=frac_coords.device.type, enabled=False):
         f = frac_coords.to(dtype)
-        mult = torch.tensor([2.0**q for q in range(n_min, n_max + 1)], dtype=dtype, device=f.device)
+        # 2^q as integer shifts on the device: exact, and no host-to-device copy (which would sync)
+        q = torch.arange(n_min, n_max + 1, device=f.device)
+        mult = torch.bitwise_left_shift(torch.ones_like(q), q).to(dtype)
         phase = f.unsqueeze(1) * mult.view(1, -1, 1)  # [N, Q, 3]
         phase = phase - torch.floor(phase).detach()
         args = (2.0 * math.pi) * phase.reshape(f.shape[0], -1)
