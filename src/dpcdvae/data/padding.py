@@ -1,0 +1,95 @@
+"""Padded batches with a fixed number of atoms per bucket, for static-shape training steps
+(docs/GEMNET.md §12).
+
+A :class:`~dpcdvae.data.batch.CrystalBatch` of B crystals and N atoms becomes B + 1 crystals and
+N_pad > N atoms: the real crystals and atoms first, unchanged, then one *sink crystal* holding the
+N_pad - N >= 1 sink atoms (a 10 Å cubic cell, all atoms hydrogen at the origin). The sink crystal is
+an ordinary crystal for every per-crystal sum and mean, so nothing in the networks needs a special
+case; the masks remove it from the losses. N_pad comes from :func:`atom_bucket`, so only a handful of
+shapes ever occur (with a fixed batch size B, the bucket is the only shape that varies).
+
+Padding needs only the batch's shapes, which the host knows: no tensor value is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dpcdvae.data.batch import CrystalBatch
+
+__all__ = ["PaddedBatch", "pad_batch", "atom_bucket", "SINK_LENGTH"]
+
+SINK_LENGTH = 10.0  # Å, edge of the sink crystal's cubic cell
+
+
+def atom_bucket(num_nodes: int, multiple: int) -> int:
+    """N_pad for a batch of ``num_nodes`` atoms: the smallest multiple of ``multiple`` above
+    ``num_nodes`` (strictly above, so that there is always at least one sink atom)."""
+    if multiple < 1:
+        raise ValueError(f"the atom bucket multiple must be >= 1, got {multiple}")
+    return (int(num_nodes) // int(multiple) + 1) * int(multiple)
+
+
+@dataclass
+class PaddedBatch:
+    """B real crystals + 1 sink crystal, N real atoms + N_pad - N sink atoms (B_pad = B + 1).
+
+    Attributes:
+        frac_coords: [N_pad, 3] fractional (sink atoms: 0).
+        atom_types: [N_pad] int64 Z (sink atoms: 1).
+        num_atoms: [B_pad] int64 (the sink crystal: N_pad - N).
+        lengths: [B_pad, 3] Å. angles: [B_pad, 3] degrees (sink crystal: 10 Å cube).
+        batch: [N_pad] int64 crystal index (sink atoms: B).
+        atom_mask: [N_pad] bool, True for real atoms (the first N).
+        crystal_mask: [B_pad] bool, True for real crystals (the first B).
+        num_real_atoms: N. num_real_crystals: B.
+    """
+
+    frac_coords: Tensor
+    atom_types: Tensor
+    num_atoms: Tensor
+    lengths: Tensor
+    angles: Tensor
+    batch: Tensor
+    atom_mask: Tensor
+    crystal_mask: Tensor
+    num_real_atoms: int
+    num_real_crystals: int
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.frac_coords.shape[0])
+
+    @property
+    def num_graphs(self) -> int:
+        return int(self.num_atoms.shape[0])
+
+    @property
+    def shape_key(self) -> tuple[int, int]:
+        """(N_pad, B_pad): what a compiled step specialises on."""
+        return self.num_nodes, self.num_graphs
+
+
+def pad_batch(batch: CrystalBatch, num_nodes: int) -> PaddedBatch:
+    """Pad ``batch`` (N atoms, B crystals) to ``num_nodes`` = N_pad > N atoms and B + 1 crystals."""
+    n, b = batch.num_nodes, batch.num_graphs
+    pad = int(num_nodes) - n
+    if pad < 1:
+        raise ValueError(f"a padded batch needs at least one sink atom: {num_nodes} atoms for a batch of {n}")
+    dev = batch.frac_coords.device
+    ones = torch.ones(1, 3, dtype=batch.lengths.dtype, device=dev)
+    return PaddedBatch(
+        frac_coords=torch.cat([batch.frac_coords, batch.frac_coords.new_zeros(pad, 3)]),
+        atom_types=torch.cat([batch.atom_types, batch.atom_types.new_ones(pad)]),
+        num_atoms=torch.cat([batch.num_atoms, batch.num_atoms.new_full((1,), pad)]),
+        lengths=torch.cat([batch.lengths, ones * SINK_LENGTH]),
+        angles=torch.cat([batch.angles, ones.to(batch.angles.dtype) * 90.0]),
+        batch=torch.cat([batch.batch, batch.batch.new_full((pad,), b)]),
+        atom_mask=torch.cat([torch.ones(n, dtype=torch.bool, device=dev), torch.zeros(pad, dtype=torch.bool, device=dev)]),
+        crystal_mask=torch.cat([torch.ones(b, dtype=torch.bool, device=dev), torch.zeros(1, dtype=torch.bool, device=dev)]),
+        num_real_atoms=n,
+        num_real_crystals=b,
+    )
