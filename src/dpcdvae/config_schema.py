@@ -224,6 +224,14 @@ class TrainConfig:
     check_val_every_n_epoch: int = opt(1, "validation every N epochs", lo=1)
     log_every_n_steps: int = opt(20, "logging interval, steps", lo=1)
     compile: bool = opt(False, "torch.compile the network on CUDA")
+    static_shapes: bool = opt(False, "padded, host-sync-free training step: atom buckets, sink atoms / edges")
+    cuda_graphs: bool = opt(False, "capture the static-shape step as CUDA graphs (reduce-overhead; CUDA only)")
+    static_atom_multiple: int = opt(256, "static_shapes: atoms per batch padded to the next multiple of this",
+                                    lo=1)
+    static_edge_factor: float = opt(1.1, "static_shapes: edge / triplet buffers = factor x N_pad K (x (K-1))",
+                                    lo=1, hi=2)
+    static_max_degree: Optional[int] = opt(None, "static_shapes: in-degree bound per atom (null = 2 max_neighbors)",
+                                           lo=2)
 
 
 @dataclass

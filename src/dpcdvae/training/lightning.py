@@ -39,6 +39,11 @@ class DPCDVAEModule(pl.LightningModule):
         self.budget = budget  # the run's TimeBudget callback (also in the trainer's callbacks)
         self._progress_now: float | None = None
         self.lr_scale = 1.0  # lowered by the divergence guard (training/guard.py); saved in checkpoints
+        self.static_step = None  # train.static_shapes: padded, host-sync-free losses (training/static_step.py)
+        if self.tcfg.get("static_shapes"):
+            from dpcdvae.training.static_step import StaticStep
+
+            self.static_step = StaticStep.from_config(model, self.tcfg)
 
     def progress(self) -> float:
         """Progress p in [0, 1] of the run: of its time budget (``train.max_minutes``, counted over
@@ -112,9 +117,15 @@ class DPCDVAEModule(pl.LightningModule):
 
     def training_step(self, batch: CrystalBatch, batch_idx: int) -> torch.Tensor:
         teacher, mult = self._flags(self._progress_now if self._progress_now is not None else self.progress())
-        out = self.model(batch, teacher_forcing=teacher, coord_multiplier=mult)
+        if self.static_step is not None:
+            out, nonfinite = self.static_step(batch, teacher, mult)
+            self.log("static_fallbacks", float(self.static_step.fallbacks), on_step=False, on_epoch=True,
+                     reduce_fx="max", batch_size=batch.num_graphs)
+        else:
+            out = self.model(batch, teacher_forcing=teacher, coord_multiplier=mult)
+            nonfinite = not bool(torch.isfinite(out["loss"]))
         loss = out["loss"]
-        if not bool(torch.isfinite(loss)):
+        if nonfinite:
             bad = [k for k in LOSS_KEYS if not math.isfinite(float(out[k]))]
             raise NonFiniteLossError(
                 f"non-finite training loss at epoch {self.current_epoch}, step {self.global_step} "

@@ -75,6 +75,8 @@ def check_train_config(tcfg: dict) -> None:
     from dpcdvae.config_schema import validate
 
     validate({"train": tcfg})
+    if tcfg.get("cuda_graphs") and not tcfg.get("static_shapes"):
+        raise ValueError("train.cuda_graphs needs train.static_shapes: true (CUDA graphs need fixed shapes)")
     lr, min_lr = tcfg.get("lr"), tcfg.get("min_lr")
     if lr is None or min_lr is None or float(min_lr) > float(lr):
         raise ValueError(f"train.lr and train.min_lr must be numbers with 0 <= min_lr <= lr, got "
@@ -201,7 +203,7 @@ def train(
                          f"{cfg['data']['max_atoms']}; pass --set data.max_atoms={largest}")
     model = build_model(cfg, dm.scalers)
     tcfg = cfg["train"]
-    if tcfg.get("compile") and torch.cuda.is_available():
+    if tcfg.get("compile") and not tcfg.get("cuda_graphs") and torch.cuda.is_available():  # cuda_graphs compiles the step
         from dpcdvae.training.compile import compile_model
 
         compile_model(model)

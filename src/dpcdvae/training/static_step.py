@@ -1,0 +1,110 @@
+"""The optional static-shape training step (``train.static_shapes``, ``train.cuda_graphs``).
+
+Each batch from the device-resident loader is padded to an atom bucket
+(:func:`~dpcdvae.data.padding.atom_bucket`: N_pad = the next multiple of ``train.static_atom_multiple``
+above N, one sink crystal), its random draws are made in those shapes, and the losses come from
+:func:`~dpcdvae.models.static.static_forward` (fixed sizes, no host sync). With a fixed batch size
+only the atom bucket varies, so a compiled step sees a handful of shapes; with ``cuda_graphs`` the
+forward (and, through AOTAutograd, the backward) is compiled with ``torch.compile(mode=
+"reduce-overhead")``, which replays one CUDA graph per bucket instead of launching ~3,000 kernels.
+
+A batch whose graphs do not fit the fixed sizes (``overflow``; see
+:mod:`dpcdvae.geometry.static_graph`) is recomputed by the eager forward, so the losses are always
+those of the eager step; :attr:`StaticStep.fallbacks` counts these batches.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch import Tensor
+
+from dpcdvae.data.batch import CrystalBatch
+from dpcdvae.data.padding import PaddedBatch, atom_bucket, pad_batch
+from dpcdvae.models.dpcdvae import DPCDVAE
+from dpcdvae.models.static import StepNoise, check_static_support, draw_step_noise, static_forward
+
+__all__ = ["StaticStep"]
+
+_FIELDS = ("frac_coords", "atom_types", "num_atoms", "lengths", "angles", "batch", "atom_mask", "crystal_mask")
+_NOISE = ("eps_z", "t", "s", "eps", "type_exp")
+
+
+class StaticStep:
+    """Padded, host-sync-free training losses of a model, optionally captured as CUDA graphs.
+
+    Args:
+        model: the DP-CDVAE model (see :func:`~dpcdvae.models.static.check_static_support`).
+        atom_multiple: atom buckets are multiples of this (``train.static_atom_multiple``).
+        edge_factor: slack of the edge and triplet buffers (``train.static_edge_factor``).
+        max_degree: in-degree bound D (``train.static_max_degree``; None: 2 x max_neighbors).
+        cuda_graphs: compile the padded forward with ``mode="reduce-overhead"`` (CUDA graphs; on a CPU
+            model it is a plain ``torch.compile``).
+    """
+
+    def __init__(self, model: DPCDVAE, atom_multiple: int = 256, edge_factor: float = 1.1,
+                 max_degree: int | None = None, cuda_graphs: bool = False) -> None:
+        check_static_support(model)
+        if not 1.0 <= float(edge_factor) <= 2.0:
+            raise ValueError(f"train.static_edge_factor must be in [1, 2], got {edge_factor}")
+        self.model = model
+        self.atom_multiple = int(atom_multiple)
+        self.edge_factor = float(edge_factor)
+        self.max_degree = None if max_degree is None else int(max_degree)
+        self.cuda_graphs = bool(cuda_graphs)
+        self.buckets: Counter[int] = Counter()  # N_pad -> steps
+        self.fallbacks = 0
+        self._mult: Tensor | None = None  # the coordinate-loss factor on the device (filled, never copied)
+        self._fn = self._flat
+        if self.cuda_graphs:
+            self._fn = torch.compile(self._flat, mode="reduce-overhead", dynamic=False)
+
+    @classmethod
+    def from_config(cls, model: DPCDVAE, tcfg: dict) -> "StaticStep":
+        """From the ``train`` section (``cuda_graphs`` only takes effect on CUDA)."""
+        return cls(model, int(tcfg.get("static_atom_multiple") or 256), float(tcfg.get("static_edge_factor") or 1.1),
+                   tcfg.get("static_max_degree"), bool(tcfg.get("cuda_graphs")) and torch.cuda.is_available())
+
+    def pad(self, batch: CrystalBatch) -> PaddedBatch:
+        """``batch`` padded to its atom bucket (host-side shapes only)."""
+        return pad_batch(batch, atom_bucket(batch.num_nodes, self.atom_multiple))
+
+    def _flat(self, teacher_forcing: bool, *tensors: Tensor) -> dict[str, Tensor]:
+        """:func:`static_forward` on flat tensors (what ``torch.compile`` sees: shapes and one bool)."""
+        pb = PaddedBatch(*tensors[: len(_FIELDS)], num_real_atoms=-1, num_real_crystals=-1)
+        noise = StepNoise(*tensors[len(_FIELDS): len(_FIELDS) + len(_NOISE)])
+        mult = tensors[-1]
+        out = static_forward(self.model, pb, noise, teacher_forcing, mult, edge_factor=self.edge_factor,
+                             max_degree=self.max_degree)
+        if self.cuda_graphs:  # outputs outlive the next replay (logging): give them their own memory
+            out = {k: v.clone() for k, v in out.items()}
+        return out
+
+    def losses(self, batch: CrystalBatch, teacher_forcing: bool, coord_multiplier: float,
+               generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The padded losses of ``batch`` (keys of ``DPCDVAE.forward`` plus ``overflow``), no fallback."""
+        pb = self.pad(batch)
+        self.buckets[pb.num_nodes] += 1
+        dev = pb.frac_coords.device
+        noise = draw_step_noise(self.model, pb.num_graphs, pb.num_nodes, dev, generator)
+        if self._mult is None or self._mult.device != dev:
+            self._mult = torch.zeros((), device=dev)
+        mult = self._mult.fill_(float(coord_multiplier))  # a fill kernel: no host-to-device copy
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._fn(bool(teacher_forcing), *[getattr(pb, f) for f in _FIELDS],
+                        *[getattr(noise, f) for f in _NOISE], mult)
+
+    def __call__(self, batch: CrystalBatch, teacher_forcing: bool,
+                 coord_multiplier: float) -> tuple[dict[str, Tensor], bool]:
+        """The step's losses and whether the loss is non-finite (one host sync for both checks): the
+        padded losses, or the eager forward's when the padded graphs overflow."""
+        out = self.losses(batch, teacher_forcing, coord_multiplier)
+        overflow = out.pop("overflow")
+        nonfinite, over = torch.stack([~torch.isfinite(out["loss"]), overflow]).tolist()
+        if over:
+            self.fallbacks += 1
+            out = self.model(batch, teacher_forcing=teacher_forcing, coord_multiplier=coord_multiplier)
+            nonfinite = not bool(torch.isfinite(out["loss"]))
+        return out, bool(nonfinite)
