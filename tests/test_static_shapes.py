@@ -1,0 +1,237 @@
+"""The static-shape training step (train.static_shapes): padded graphs, triplets, losses and gradients equal
+the eager ones on the real part; sink atoms / edges contribute nothing; no data-dependent op (CPU, tiny)."""
+
+import pytest
+import torch
+
+from dpcdvae.config import apply_overrides, load_config
+from dpcdvae.data.padding import atom_bucket, pad_batch
+from dpcdvae.geometry.graph import radius_graph_pbc
+from dpcdvae.geometry.lattice import lattice_from_params
+from dpcdvae.geometry.static_graph import dimenet_triplets_static, radius_graph_static, static_sizes
+from dpcdvae.geometry.triplets import dimenet_triplets, gemnet_triplets
+from dpcdvae.models.dpcdvae import LOSS_KEYS
+from dpcdvae.models.static import draw_step_noise, static_forward
+from dpcdvae.nn.gemnet import GemNetT
+from dpcdvae.training.static_step import StaticStep
+
+from static_helpers import eager_forward, random_batch, tiny_model
+
+# non-zero DimeNet++ output init, so that the encoder (and its padded graph) matters for the losses
+ENC = ["model.encoder_cfg.output_initializer=glorot_orthogonal"]
+
+
+def _graphs(seed, cutoff=5.0, k=8, crystals=10, multiple=16):
+    b = random_batch(crystals, seed)
+    g = radius_graph_pbc(b.frac_coords, lattice_from_params(b.lengths, b.angles), b.num_atoms, cutoff, k)
+    pb = pad_batch(b, atom_bucket(b.num_nodes, multiple))
+    sg = radius_graph_static(pb.frac_coords, lattice_from_params(pb.lengths, pb.angles), pb.num_atoms, pb.batch,
+                             pb.atom_mask, cutoff, k, static_sizes(pb.num_nodes, k, 6))
+    return b, g, pb, sg
+
+
+def _edge_set(g, n):
+    return {(int(s), int(t), *map(int, o)) for s, t, o in zip(g.src[:n], g.dst[:n], g.offsets[:n])}
+
+
+@pytest.mark.parametrize("seed,cutoff,k", [(0, 5.0, 8), (1, 7.0, 20), (2, 7.0, 4)])
+def test_padded_graph_equals_eager_graph(seed, cutoff, k):
+    b, g, pb, sg = _graphs(seed, cutoff, k)
+    e, pg = g.num_edges, sg.graph
+    assert not bool(sg.overflow) and int(sg.edge_mask.sum()) == e and bool(sg.edge_mask[:e].all())
+    assert _edge_set(pg, e) == _edge_set(g, g.num_edges)
+    for name in ("src", "dst", "offsets", "id_swap"):  # even the order is the eager one
+        assert torch.equal(getattr(pg, name)[:e], getattr(g, name)), name
+    torch.testing.assert_close(pg.vec[:e], g.vec, rtol=0, atol=1e-6)
+    sink = pb.num_nodes - 1
+    assert bool((pg.src[e:] == sink).all() & (pg.dst[e:] == sink).all() & (pg.offsets[e:] == 0).all())
+    assert bool((pg.dist[e:] == cutoff).all() & (pg.vec[e:] == 0).all())
+    assert torch.equal(pg.id_swap[e:], torch.arange(e, pg.src.shape[0]))
+    assert torch.equal(pg.id_swap[pg.id_swap], torch.arange(pg.src.shape[0]))
+
+
+@pytest.mark.parametrize("exclude", ["edge", "atom"])
+def test_padded_dimenet_triplets_equal_eager(exclude):
+    _, g, _, sg = _graphs(3)
+    kj, ji = dimenet_triplets(g, exclude)
+    skj, sji, mask, overflow = dimenet_triplets_static(sg, exclude)
+    t = kj.shape[0]
+    assert not bool(overflow) and int(mask.sum()) == t and skj.shape[0] == sg.sizes.num_triplets
+    assert torch.equal(skj[:t], kj) and torch.equal(sji[:t], ji)
+    sink_edge = sg.graph.src.shape[0] - 1
+    assert bool((skj[t:] == sink_edge).all() & (sji[t:] == sink_edge).all())
+    assert not bool(sg.edge_mask[sink_edge])
+
+
+def _layout_triplets(bases, edge_mask):
+    """(id_ca, id_ba) pairs of the atom-padded layout: slot pairs (out i, in j) with Y_0 != 0."""
+    n, d = bases.num_nodes, bases.width
+    edge_of_slot = {int(s): e for e, s in enumerate(bases.slot.tolist()) if bool(edge_mask[e])}
+    y0 = bases.trip_y.view(n, d, -1, d)[:, :, 0, :]  # [N, D(out), D(in)]
+    return {(edge_of_slot[a * d + i], edge_of_slot[a * d + j]) for a, i, j in y0.nonzero().tolist()}
+
+
+def test_gemnet_triplet_layout_equals_eager_triplets():
+    _, g, _, sg = _graphs(4)
+    gem = GemNetT(emb_size_atom=8, emb_size_edge=8, num_blocks=1, num_radial=8, num_spherical=3, emb_size_rbf=4,
+                  emb_size_cbf=4, emb_size_trip=4, emb_size_bil_trip=4, cutoff=5.0)
+    bases, _ = gem.edge_bases(sg.graph, sg.sizes.max_degree, sg.edge_mask)
+    trip = gemnet_triplets(g)
+    assert _layout_triplets(bases, sg.edge_mask) == set(zip(trip.id_ca.tolist(), trip.id_ba.tolist()))
+    e = g.num_edges
+    assert bool((bases.rbf[e:] == 0).all() & (bases.rbf3[e:] == 0).all() & (bases.rbf_out[e:] == 0).all())
+    sink_row = bases.trip_y[-1]
+    assert bool((sink_row == 0).all())  # the slot shared by the sink edges forms no triplet
+
+
+def test_sink_atoms_and_edges_contribute_nothing():
+    """GemNet-T on the padded graph: real outputs equal the unpadded ones; moving or retyping the sink
+    atoms changes no real output, bit for bit, and no gradient reaches them."""
+    b, g, pb, sg = _graphs(5)
+    torch.manual_seed(0)
+    gem = GemNetT(emb_size_atom=8, emb_size_edge=8, num_blocks=2, num_radial=8, num_spherical=3, emb_size_rbf=4,
+                  emb_size_cbf=4, emb_size_trip=4, emb_size_bil_trip=4, cutoff=5.0)
+    h = torch.randn(pb.num_nodes, 8, requires_grad=True)
+    n = b.num_nodes
+    vec, hf = gem(h, sg.graph, width=sg.sizes.max_degree, edge_mask=sg.edge_mask)
+    vec0, hf0 = gem(h[:n], g)
+    torch.testing.assert_close(vec[:n], vec0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hf[:n], hf0, rtol=1e-5, atol=1e-6)
+    (vec[:n].square().sum() + hf[:n].sum()).backward()
+    assert bool((h.grad[n:] == 0).all())
+    h2 = h.detach().clone()
+    h2[n:] = 100.0 * torch.randn(pb.num_nodes - n, 8)
+    vec2, hf2 = gem(h2, sg.graph, width=sg.sizes.max_degree, edge_mask=sg.edge_mask)
+    assert torch.equal(vec2[:n], vec[:n]) and torch.equal(hf2[:n], hf[:n])
+
+
+def _compare(seed, encoder="dime", teacher=True, crystals=12, multiple=16):
+    b = random_batch(crystals, seed)
+    model = tiny_model(b, encoder, overrides=ENC)
+    pb = pad_batch(b, atom_bucket(b.num_nodes, multiple))
+    noise = draw_step_noise(model, pb.num_graphs, pb.num_nodes, "cpu", torch.Generator().manual_seed(seed))
+    eager_out = {}
+    eager = eager_forward(model, b, noise, teacher, 3.0, eager_out)
+    padded = static_forward(model, pb, noise, teacher, torch.tensor(3.0), return_outputs=True)
+    return model, b, eager, eager_out, padded
+
+
+@pytest.mark.parametrize("seed,encoder,teacher", [(0, "dime", True), (1, "dime", False), (2, "dime+na+gine", True),
+                                                  (3, "dime+gine", False)])
+def test_padded_losses_and_outputs_equal_eager(seed, encoder, teacher):
+    _, b, eager, eager_out, padded = _compare(seed, encoder, teacher)
+    assert not bool(padded["overflow"])
+    for key in LOSS_KEYS + ("loss", "val_criterion"):
+        torch.testing.assert_close(padded[key], eager[key], rtol=1e-5, atol=1e-6, msg=key)
+    n = b.num_nodes
+    torch.testing.assert_close(padded["pred"][:n], eager_out["pred"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(padded["type_logits"][:n], eager_out["type_logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_padded_gradients_equal_eager():
+    model, _, eager, _, padded = _compare(6, "dime+na", teacher=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_eager = torch.autograd.grad(eager["loss"], params, allow_unused=True)
+    g_padded = torch.autograd.grad(padded["loss"], params, allow_unused=True)
+    checked = 0
+    for p, a, c in zip(params, g_eager, g_padded):
+        if a is None:
+            assert c is None or bool((c == 0).all())
+            continue
+        torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-6)
+        checked += int(bool(a.abs().sum() > 0))
+    assert checked > 0.8 * len(params)
+
+
+def test_every_bucket_runs_and_shapes_repeat():
+    """Batches of different atom counts fall into a few buckets; each runs, finite, without overflow."""
+    step = StaticStep(tiny_model(random_batch(4, 0)), atom_multiple=16)
+    keys = set()
+    for seed, crystals in enumerate([2, 3, 5, 8, 9, 13]):
+        b = random_batch(crystals, 10 + seed)
+        out, nonfinite = step(b, teacher_forcing=seed % 2 == 0, coord_multiplier=1.0)
+        assert not nonfinite and step.fallbacks == 0
+        pb = step.pad(b)
+        assert pb.num_nodes % 16 == 0 and pb.num_nodes > b.num_nodes
+        keys.add(pb.num_nodes)
+    assert len(keys) >= 3 and sum(step.buckets.values()) == 6
+
+
+def test_overflow_is_detected_and_the_step_falls_back_to_eager():
+    b = random_batch(10, 7)
+    model = tiny_model(b, overrides=ENC)
+    step = StaticStep(model, atom_multiple=16, max_degree=3)  # the in-degree reaches 8 and more
+    assert bool(step.losses(b, True, 1.0)["overflow"])
+    eager_losses = []
+    hook = model.register_forward_hook(lambda m, i, o: eager_losses.append(o["loss"]))  # the eager forward only
+    out, nonfinite = step(b, teacher_forcing=True, coord_multiplier=1.0)
+    hook.remove()
+    assert step.fallbacks == 1 and not nonfinite and len(eager_losses) == 1 and out["loss"] is eager_losses[0]
+    sizes = static_sizes(80, 8, 6)
+    assert sizes.num_edges % 64 == 0 and sizes.num_edges >= 1.1 * 80 * 8 and sizes.max_degree == 16
+
+
+class _OpRecorder:
+    """A dispatch mode that records the names of the ATen ops it sees."""
+
+    def __new__(cls):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Recorder(TorchDispatchMode):
+            def __init__(self):
+                super().__init__()
+                self.ops = set()
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                self.ops.add(func.name())
+                return func(*args, **(kwargs or {}))
+
+        return Recorder()
+
+
+def test_the_padded_step_has_no_data_dependent_op_and_no_host_read():
+    """Under FakeTensorMode every op whose output size depends on tensor values (nonzero, masked
+    indexing, unique, bincount) raises; the padded forward and backward run through it and read no
+    tensor value on the host (no ``_local_scalar_dense``: .item(), bool(), .tolist(), one_hot's range
+    check) nor copy Python data to a tensor (``lift_fresh``: torch.tensor(list)); the eager forward does."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
+
+    b = random_batch(6, 8)
+    model = tiny_model(b, "dime+na+gine")
+    pb = pad_batch(b, atom_bucket(b.num_nodes, 16))
+    noise = draw_step_noise(model, pb.num_graphs, pb.num_nodes, "cpu")
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        out = static_forward(model, pb, noise, False, 1.0)
+        out["loss"].backward()
+    with pytest.raises((DynamicOutputShapeException, DataDependentOutputException)), \
+            FakeTensorMode(allow_non_fake_inputs=True):
+        model(b)
+    host_reads = {"aten::_local_scalar_dense", "aten::lift_fresh"}
+    mult = torch.tensor(2.0)
+    with _OpRecorder() as rec:
+        out = static_forward(model, pb, noise, True, mult)
+        out["loss"].backward()
+    assert not rec.ops & host_reads and "aten::sort" in rec.ops
+    with _OpRecorder() as rec:
+        model(b)
+    assert "aten::_local_scalar_dense" in rec.ops
+
+
+def test_config_keys_and_the_lightning_step():
+    from dpcdvae.training.lightning import DPCDVAEModule
+    from dpcdvae.training.train import check_train_config
+
+    cfg = load_config("tiny")
+    assert not cfg["train"].get("static_shapes") and not cfg["train"].get("cuda_graphs")
+    with pytest.raises(ValueError, match="cuda_graphs needs train.static_shapes"):
+        check_train_config(apply_overrides(cfg, ["train.cuda_graphs=true"])["train"])
+    with pytest.raises(ValueError, match="static_edge_factor"):
+        check_train_config(apply_overrides(cfg, ["train.static_edge_factor=3.0"])["train"])
+    cfg = apply_overrides(cfg, ["train.static_shapes=true", "train.static_atom_multiple=32"])
+    check_train_config(cfg["train"])
+    b = random_batch(6, 9)
+    module = DPCDVAEModule(tiny_model(b), cfg)
+    assert module.static_step is not None and module.static_step.atom_multiple == 32
+    loss = module.training_step(b, 0)
+    assert bool(torch.isfinite(loss)) and sum(module.static_step.buckets.values()) == 1
+    assert DPCDVAEModule(tiny_model(b), load_config("tiny")).static_step is None
