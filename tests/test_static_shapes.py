@@ -235,3 +235,22 @@ def test_config_keys_and_the_lightning_step():
     loss = module.training_step(b, 0)
     assert bool(torch.isfinite(loss)) and sum(module.static_step.buckets.values()) == 1
     assert DPCDVAEModule(tiny_model(b), load_config("tiny")).static_step is None
+
+
+def test_the_padded_step_traces_as_one_graph():
+    """torch.compile(fullgraph=True) raises on any graph break (a host read, a data-dependent shape):
+    the step that train.cuda_graphs compiles traces as one graph (dynamo only, backend "eager" on the
+    CPU); with the teacher-forcing flag on the device it gives the losses of the Python-bool form."""
+    from dpcdvae.training.static_step import _FIELDS, _NOISE
+
+    b = random_batch(5, 11)
+    model = tiny_model(b, overrides=ENC)
+    step = StaticStep(model, atom_multiple=16)
+    pb = step.pad(b)
+    noise = draw_step_noise(model, pb.num_graphs, pb.num_nodes, "cpu", torch.Generator().manual_seed(0))
+    fn = torch.compile(step._flat, backend="eager", fullgraph=True, dynamic=False)
+    args = [getattr(pb, f) for f in _FIELDS] + [getattr(noise, f) for f in _NOISE]
+    out = fn(*args, torch.tensor(False), torch.tensor(2.0))
+    ref = static_forward(model, pb, noise, False, 2.0)
+    for key in LOSS_KEYS + ("loss",):
+        torch.testing.assert_close(out[key], ref[key], msg=key)

@@ -96,13 +96,14 @@ def check_static_support(model: DPCDVAE) -> None:
         raise ValueError(f"the static-shape step cannot fit scale factors (fit them on the eager forward): {bad[0]}")
 
 
-def model_sizes(model: DPCDVAE, num_nodes: int, edge_factor: float = 1.1,
-                max_degree: int | None = None) -> tuple[StaticSizes, StaticSizes]:
+def model_sizes(model: DPCDVAE, num_nodes: int, edge_factor: float = 1.1, max_degree: int | None = None,
+                max_atoms: int | None = None) -> tuple[StaticSizes, StaticSizes]:
     """(encoder, decoder) :class:`~dpcdvae.geometry.static_graph.StaticSizes` for N_pad = ``num_nodes``;
-    the crystal-size bound is ``model.max_atoms``."""
+    the crystal-size bound is ``max_atoms`` (default ``model.max_atoms``)."""
     enc, den = model.encoder.dimenet, model.denoiser
-    return (static_sizes(num_nodes, enc.max_neighbors, model.max_atoms, edge_factor, max_degree),
-            static_sizes(num_nodes, den.max_neighbors, model.max_atoms, edge_factor, max_degree))
+    m = model.max_atoms if max_atoms is None else int(max_atoms)
+    return (static_sizes(num_nodes, enc.max_neighbors, m, edge_factor, max_degree),
+            static_sizes(num_nodes, den.max_neighbors, m, edge_factor, max_degree))
 
 
 def _crystal_mean(values: Tensor, mask: Tensor, count: Tensor) -> Tensor:
@@ -110,17 +111,21 @@ def _crystal_mean(values: Tensor, mask: Tensor, count: Tensor) -> Tensor:
     return torch.where(mask, values, torch.zeros_like(values)).sum() / count
 
 
-def static_forward(model: DPCDVAE, pb: PaddedBatch, noise: StepNoise, teacher_forcing: bool = True,
+def static_forward(model: DPCDVAE, pb: PaddedBatch, noise: StepNoise, teacher_forcing: bool | Tensor = True,
                    coord_multiplier: float | Tensor = 1.0, *, edge_factor: float = 1.1,
-                   max_degree: int | None = None, return_outputs: bool = False) -> dict[str, Tensor]:
+                   max_degree: int | None = None, max_atoms: int | None = None,
+                   return_outputs: bool = False) -> dict[str, Tensor]:
     """The losses of ``DPCDVAE.forward`` on a padded batch, with fixed shapes and no host sync.
 
     Args:
         model: the model (see :func:`check_static_support`).
         pb: the padded batch. noise: its draws (:func:`draw_step_noise`, shapes of ``pb``).
-        teacher_forcing: the denoiser sees the true lattice (else the predicted one, detached).
+        teacher_forcing: the denoiser sees the true lattice (else the predicted one, detached); a 0-d
+            bool tensor selects on the device, so one compiled graph serves both.
         coord_multiplier: factor on the coordinate loss (a 0-d tensor avoids recompiling per value).
         edge_factor, max_degree: the graph sizes (:func:`~dpcdvae.geometry.static_graph.static_sizes`).
+        max_atoms: bound on the atoms of one crystal (default ``model.max_atoms``; a tighter bound, e.g.
+            the training split's largest cell, shrinks the candidate tensors of both graphs).
         return_outputs: also return the denoiser's ``pred`` [N_pad, 3] and ``type_logits`` [N_pad, C].
 
     Returns:
@@ -128,7 +133,7 @@ def static_forward(model: DPCDVAE, pb: PaddedBatch, noise: StepNoise, teacher_fo
         scalars over the real crystals) and ``overflow``: a 0-d bool tensor, True when a graph or the
         triplets did not fit the fixed sizes (the losses are then wrong; recompute the step eagerly).
     """
-    enc_sizes, dec_sizes = model_sizes(model, pb.num_nodes, edge_factor, max_degree)
+    enc_sizes, dec_sizes = model_sizes(model, pb.num_nodes, edge_factor, max_degree, max_atoms)
     cmask, bpad = pb.crystal_mask, pb.num_graphs
     n_real = cmask.sum().clamp(min=1).to(torch.float32)
     true_lattice = lattice_from_params(pb.lengths, pb.angles)
@@ -159,8 +164,13 @@ def static_forward(model: DPCDVAE, pb: PaddedBatch, noise: StepNoise, teacher_fo
     comp_ce = F.cross_entropy(comp_logits, target_types, reduction="none")
     comp_loss = _crystal_mean(segment_mean(comp_ce.float(), pb.batch, bpad), cmask, n_real)
 
-    lattice = true_lattice if teacher_forcing else lattice_from_params(*sanitize_lattice(lengths.detach(),
-                                                                                        angles.detach()))
+    if isinstance(teacher_forcing, Tensor):
+        predicted = lattice_from_params(*sanitize_lattice(lengths.detach(), angles.detach()))
+        lattice = torch.where(teacher_forcing, true_lattice, predicted)
+    elif teacher_forcing:
+        lattice = true_lattice
+    else:
+        lattice = lattice_from_params(*sanitize_lattice(lengths.detach(), angles.detach()))
     # DDPM noise (Eqs. 2 and 9) with the given draws
     proc = model.process
     sched = proc.schedule

@@ -28,9 +28,12 @@ class DPCDVAEModule(pl.LightningModule):
         config: the full run config (saved in every checkpoint as ``hyper_parameters['config']``).
         budget: the run's :class:`~dpcdvae.training.callbacks.TimeBudget` (its clock gives the progress of
             a time-budgeted run; None: progress counts optimizer steps of ``max_epochs``).
+        max_atoms: the training split's largest cell, the crystal-size bound of the static-shape step
+            (``train.static_shapes``; None: ``data.max_atoms``).
     """
 
-    def __init__(self, model: DPCDVAE, config: dict, budget: TimeBudget | None = None) -> None:
+    def __init__(self, model: DPCDVAE, config: dict, budget: TimeBudget | None = None,
+                 max_atoms: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.config = config
@@ -43,7 +46,7 @@ class DPCDVAEModule(pl.LightningModule):
         if self.tcfg.get("static_shapes"):
             from dpcdvae.training.static_step import StaticStep
 
-            self.static_step = StaticStep.from_config(model, self.tcfg)
+            self.static_step = StaticStep.from_config(model, self.tcfg, max_atoms)
 
     def progress(self) -> float:
         """Progress p in [0, 1] of the run: of its time budget (``train.max_minutes``, counted over

@@ -6,7 +6,8 @@ above N, one sink crystal), its random draws are made in those shapes, and the l
 :func:`~dpcdvae.models.static.static_forward` (fixed sizes, no host sync). With a fixed batch size
 only the atom bucket varies, so a compiled step sees a handful of shapes; with ``cuda_graphs`` the
 forward (and, through AOTAutograd, the backward) is compiled with ``torch.compile(mode=
-"reduce-overhead")``, which replays one CUDA graph per bucket instead of launching ~3,000 kernels.
+"reduce-overhead")``, which replays one CUDA graph per bucket instead of launching ~3,000 kernels
+(teacher forcing is a device flag, so it needs no graph of its own).
 
 A batch whose graphs do not fit the fixed sizes (``overflow``; see
 :mod:`dpcdvae.geometry.static_graph`) is recomputed by the eager forward, so the losses are always
@@ -39,12 +40,14 @@ class StaticStep:
         atom_multiple: atom buckets are multiples of this (``train.static_atom_multiple``).
         edge_factor: slack of the edge and triplet buffers (``train.static_edge_factor``).
         max_degree: in-degree bound D (``train.static_max_degree``; None: 2 x max_neighbors).
+        max_atoms: bound on the atoms of one crystal (None: ``model.max_atoms``; ``dpcdvae train`` passes
+            the training split's largest cell). A larger crystal makes its batch fall back to eager.
         cuda_graphs: compile the padded forward with ``mode="reduce-overhead"`` (CUDA graphs; on a CPU
             model it is a plain ``torch.compile``).
     """
 
     def __init__(self, model: DPCDVAE, atom_multiple: int = 256, edge_factor: float = 1.1,
-                 max_degree: int | None = None, cuda_graphs: bool = False) -> None:
+                 max_degree: int | None = None, cuda_graphs: bool = False, max_atoms: int | None = None) -> None:
         check_static_support(model)
         if not 1.0 <= float(edge_factor) <= 2.0:
             raise ValueError(f"train.static_edge_factor must be in [1, 2], got {edge_factor}")
@@ -53,30 +56,40 @@ class StaticStep:
         self.edge_factor = float(edge_factor)
         self.max_degree = None if max_degree is None else int(max_degree)
         self.cuda_graphs = bool(cuda_graphs)
+        self.max_atoms = None if max_atoms is None else int(max_atoms)
         self.buckets: Counter[int] = Counter()  # N_pad -> steps
         self.fallbacks = 0
-        self._mult: Tensor | None = None  # the coordinate-loss factor on the device (filled, never copied)
+        # per-step scalars on the device (filled by a kernel, never copied from the host)
+        self._mult: Tensor | None = None
+        self._teacher: Tensor | None = None
         self._fn = self._flat
         if self.cuda_graphs:
+            # one graph per shape (N_pad, B_pad): allow more than dynamo's default of 8 recompiles
+            cfg = torch._dynamo.config
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(cfg, name):
+                    setattr(cfg, name, max(int(getattr(cfg, name)), 64))
             self._fn = torch.compile(self._flat, mode="reduce-overhead", dynamic=False)
 
     @classmethod
-    def from_config(cls, model: DPCDVAE, tcfg: dict) -> "StaticStep":
+    def from_config(cls, model: DPCDVAE, tcfg: dict, max_atoms: int | None = None) -> "StaticStep":
         """From the ``train`` section (``cuda_graphs`` only takes effect on CUDA)."""
         return cls(model, int(tcfg.get("static_atom_multiple") or 256), float(tcfg.get("static_edge_factor") or 1.1),
-                   tcfg.get("static_max_degree"), bool(tcfg.get("cuda_graphs")) and torch.cuda.is_available())
+                   tcfg.get("static_max_degree"), bool(tcfg.get("cuda_graphs")) and torch.cuda.is_available(),
+                   max_atoms)
 
     def pad(self, batch: CrystalBatch) -> PaddedBatch:
         """``batch`` padded to its atom bucket (host-side shapes only)."""
         return pad_batch(batch, atom_bucket(batch.num_nodes, self.atom_multiple))
 
-    def _flat(self, teacher_forcing: bool, *tensors: Tensor) -> dict[str, Tensor]:
-        """:func:`static_forward` on flat tensors (what ``torch.compile`` sees: shapes and one bool)."""
+    def _flat(self, *tensors: Tensor) -> dict[str, Tensor]:
+        """:func:`static_forward` on flat tensors (what ``torch.compile`` sees): the padded batch, the
+        noise, then the 0-d teacher-forcing flag (bool) and coordinate-loss factor."""
         pb = PaddedBatch(*tensors[: len(_FIELDS)], num_real_atoms=-1, num_real_crystals=-1)
         noise = StepNoise(*tensors[len(_FIELDS): len(_FIELDS) + len(_NOISE)])
-        mult = tensors[-1]
+        teacher_forcing, mult = tensors[-2:]
         out = static_forward(self.model, pb, noise, teacher_forcing, mult, edge_factor=self.edge_factor,
-                             max_degree=self.max_degree)
+                             max_degree=self.max_degree, max_atoms=self.max_atoms)
         if self.cuda_graphs:  # outputs outlive the next replay (logging): give them their own memory
             out = {k: v.clone() for k, v in out.items()}
         return out
@@ -90,11 +103,12 @@ class StaticStep:
         noise = draw_step_noise(self.model, pb.num_graphs, pb.num_nodes, dev, generator)
         if self._mult is None or self._mult.device != dev:
             self._mult = torch.zeros((), device=dev)
-        mult = self._mult.fill_(float(coord_multiplier))  # a fill kernel: no host-to-device copy
+            self._teacher = torch.zeros((), dtype=torch.bool, device=dev)
+        mult = self._mult.fill_(float(coord_multiplier))
+        teacher = self._teacher.fill_(bool(teacher_forcing))
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        return self._fn(bool(teacher_forcing), *[getattr(pb, f) for f in _FIELDS],
-                        *[getattr(noise, f) for f in _NOISE], mult)
+        return self._fn(*[getattr(pb, f) for f in _FIELDS], *[getattr(noise, f) for f in _NOISE], teacher, mult)
 
     def __call__(self, batch: CrystalBatch, teacher_forcing: bool,
                  coord_multiplier: float) -> tuple[dict[str, Tensor], bool]:

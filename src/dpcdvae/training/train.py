@@ -210,7 +210,7 @@ def train(
     # a stop inside an epoch is saved there, at the stop batch, and becomes last.ckpt (TimeBudget doc)
     stop_ckpt = out / "checkpoints" / "stop.ckpt"
     budget = TimeBudget(tcfg.get("max_minutes"), tcfg.get("segment_minutes"), stop_checkpoint=stop_ckpt)
-    module = DPCDVAEModule(model, cfg, budget)
+    module = DPCDVAEModule(model, cfg, budget, max_atoms=largest or None)
     throughput = Throughput()
     # Checkpoints after each validation, or (``train.checkpoint_minutes``) on a wall-clock cadence: a
     # 175 MB checkpoint pair every 5 s costs a fast run several percent of its budget.
