@@ -1,6 +1,7 @@
 """Profile training steps of a preset on the GPU (torch.profiler; top ops by device and host time).
 
-    python benchmarks/profile_step.py --cache-dir .cache --preset perov_5 [--steps 3]
+    python benchmarks/profile_step.py --cache-dir .cache --preset perov_5 [--steps 3] [--batch-size 512]
+        [--static-shapes [--cuda-graphs]]   # the padded step of train.static_shapes / train.cuda_graphs
 """
 
 from __future__ import annotations
@@ -21,23 +22,35 @@ def main() -> None:
     ap.add_argument("--preset", default="perov_5")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rows", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--static-shapes", action="store_true", help="the padded, host-sync-free step")
+    ap.add_argument("--cuda-graphs", action="store_true", help="with --static-shapes: reduce-overhead compile")
+    ap.add_argument("--warmup", type=int, default=3, help="steps before profiling (compiles / captures)")
     args = ap.parse_args()
     dev = torch.device("cuda")
     cfg = load_config(args.preset)
     ds = load_split(args.cache_dir, cfg["data"]["dataset"], cfg["data"]["train_split"]).to(dev)
     model = build_model(cfg, load_scalers(args.cache_dir, cfg["data"]["dataset"])).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    bs = int(cfg["data"]["batch_size"])
+    bs = args.batch_size or int(cfg["data"]["batch_size"])
+    static = None
+    if args.static_shapes:
+        from dpcdvae.training.static_step import StaticStep
+
+        static = StaticStep(model, cuda_graphs=args.cuda_graphs, max_atoms=int(ds.num_atoms.max()))
 
     def step(i: int) -> None:
         batch = ds.batch(torch.randint(len(ds), (bs,)))
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(batch, teacher_forcing=i % 2 == 0)
+            if static is not None:
+                out, _ = static(batch, teacher_forcing=i % 2 == 0, coord_multiplier=1.0)
+            else:
+                out = model(batch, teacher_forcing=i % 2 == 0)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
 
-    for i in range(3):
+    for i in range(args.warmup):
         step(i)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=False) as prof:
@@ -48,6 +61,9 @@ def main() -> None:
     ka = prof.key_averages()
     print(ka.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
     print(ka.table(sort_by="cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+    launches = sum(e.count for e in ka if e.key.startswith(("cudaLaunch", "cuLaunch", "cudaGraphLaunch")))
+    print(f"kernel / graph launches per step: {launches / args.steps:.0f}"
+          + (f"; buckets {dict(static.buckets)}, fallbacks {static.fallbacks}" if static is not None else ""))
 
 
 if __name__ == "__main__":
