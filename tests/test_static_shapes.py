@@ -254,3 +254,17 @@ def test_the_padded_step_traces_as_one_graph():
     ref = static_forward(model, pb, noise, False, 2.0)
     for key in LOSS_KEYS + ("loss",):
         torch.testing.assert_close(out[key], ref[key], msg=key)
+
+
+def test_fourier_features_keep_their_values():
+    """fourier_features builds its frequencies on the device now (no host-to-device copy, which syncs);
+    the features are bit for bit those of the former host-built table."""
+    import math
+
+    from dpcdvae.nn.embeddings import fourier_features
+
+    f = torch.randn(64, 3) * 3
+    mult = torch.tensor([2.0**q for q in range(3, 9)])
+    phase = f.unsqueeze(1) * mult.view(1, -1, 1)
+    args = (2.0 * math.pi) * (phase - torch.floor(phase)).reshape(64, -1)
+    assert torch.equal(fourier_features(f, 3, 8), torch.cat([torch.sin(args), torch.cos(args)], dim=-1))

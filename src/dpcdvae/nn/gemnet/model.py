@@ -158,6 +158,8 @@ class GemNetT(nn.Module):
         device = dst.device
         gdtype = geometry_dtype(graph.vec)
         deg = segment_count(dst, n)  # in-degrees, no host sync
+        if edge_mask is not None and width is None:
+            raise ValueError("GemNetT.edge_bases: a padded graph (edge_mask) needs its fixed width")
         if width is None:
             width = int(deg.max()) if num_edges > 0 else 1
         width = max(int(width), 1)
