@@ -239,8 +239,9 @@ class _NoHostSync(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("frame", ["wrap", "fmod"])
 @pytest.mark.parametrize("sampler", ["eq7", "eq6", "ddim"])
-def test_loop_has_no_host_sync(schedule, sampler) -> None:
+def test_loop_has_no_host_sync(schedule, sampler, frame) -> None:
     x0, batch, na = _crystals([3, 5, 4], seed=9)
     B = 3
     sab = schedule.sqrt_alpha_bars
@@ -253,15 +254,75 @@ def test_loop_has_no_host_sync(schedule, sampler) -> None:
     g = torch.Generator().manual_seed(0)
     xT = prior_sample(batch, B, g)
     with _NoHostSync():
-        out = reverse_sample(eps_fn, xT, batch, na, schedule, sampler, plan=plan, generator=g)
+        out = reverse_sample(eps_fn, xT, batch, na, schedule, sampler, plan=plan, generator=g, frame=frame)
     assert out.shape == x0.shape
     with pytest.raises(AssertionError, match="host sync"), _NoHostSync():
         reverse_sample(lambda w, t, i: (w if bool((w > 2).any()) else -w, None), xT, batch, na, schedule, sampler,
                        plan=plan, generator=g)
 
 
+@pytest.mark.parametrize("recenter", [True, False])
+@pytest.mark.parametrize("sampler,steps,eta", [("eq7", None, 1.0), ("eq7", 50, 1.0), ("eq6", 100, 1.0), ("ddim", 50, 0.0)])
+def test_fmod_frame_oracle_lands_on_point_set(schedule, sampler, steps, eta, recenter) -> None:
+    """The fmod state frame changes where the state lives, not the crystal the chain finds."""
+    x0, batch, na = _crystals([4, 6, 8, 5] * 3, seed=1)
+    B = int(na.shape[0])
+    g = torch.Generator().manual_seed(2)
+    out = reverse_sample(periodic_oracle(schedule, x0, batch, B, recenter), prior_sample(batch, B, generator=g),
+                         batch, na, schedule, sampler=sampler, steps=steps, generator=g, eta=eta,
+                         recenter=recenter, frame="fmod")
+    assert bool((out >= 0).all()) and bool((out < 1).all())
+    assert pairwise_error(out, x0, batch) < 6e-3
+    if not recenter:
+        assert absolute_error(out, x0) < 6e-3
+
+
+def _input_jumps(schedule, frame: str, last: int = 200) -> float:
+    """Largest per-crystal constant shift between consecutive network inputs over the last ``last``
+    steps of a full recentred Eq. 7 chain with the periodic oracle (the crystal's own motion removed)."""
+    x0, batch, na = _crystals([5] * 64, seed=11)
+    B = int(na.shape[0])
+    oracle = periodic_oracle(schedule, x0, batch, B, True)
+    seen = []
+
+    def eps_fn(w, t, i):
+        seen.append(w.clone())
+        return oracle(w, t, i)
+
+    g = torch.Generator().manual_seed(12)
+    reverse_sample(eps_fn, prior_sample(batch, B, g), batch, na, schedule, "eq7", generator=g, frame=frame)
+    jumps = []
+    for a, b in zip(seen[-last - 1:-1], seen[-last:]):
+        d = b - a  # noise moves atoms by ~sigma; a frame change moves a whole crystal by k / N (mod 1)
+        d = d - torch.round(d)
+        shift = torch.zeros(B, 3).index_add_(0, batch, d) / na.unsqueeze(1)
+        jumps.append(shift.abs().max())
+    return float(torch.stack(jumps).max())
+
+
+def test_wrap_frame_flips_at_low_t_and_fmod_does_not(schedule) -> None:
+    """Issue 9, 3(a): re-wrapping a recentred state moves the crystal by (negative coords) / N, so with
+    ``wrap`` consecutive inputs at low t jump between two frames; ``fmod`` leaves them in one."""
+    assert _input_jumps(schedule, "wrap") > 0.15  # k / 5 for 5-atom crystals
+    assert _input_jumps(schedule, "fmod") < 0.01  # only the (mean-free) injected noise
+
+
+@pytest.mark.parametrize("frame", ["wrap", "fmod"])
+def test_fmod_projection_is_idempotent_on_recentred_states(frame) -> None:
+    x0, batch, na = _crystals([5, 7], seed=13)
+    w = remove_crystal_mean(wrap(x0 + 0.3), batch, 2)  # a recentred state, some coordinates negative
+    proj = (lambda x: torch.fmod(x, 1.0)) if frame == "fmod" else wrap
+    again = remove_crystal_mean(proj(w), batch, 2)
+    if frame == "fmod":
+        assert torch.allclose(again, w, atol=1e-6)
+    else:
+        assert (again - w).abs().max() > 0.1
+
+
 def test_bad_sampler_arguments(schedule) -> None:
     x0, batch, na = _crystals([2], seed=0)
+    with pytest.raises(ValueError, match="reverse frame"):
+        reverse_sample(lambda w, t, i: (w, None), x0, batch, na, schedule, frame="nope")
     with pytest.raises(ValueError):
         reverse_sample(lambda w, t, i: (w, None), x0, batch, na, schedule, sampler="nope")
     with pytest.raises(ValueError):

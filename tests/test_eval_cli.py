@@ -62,6 +62,16 @@ def test_gen_of_the_ground_truth_against_itself(tiny_source, gt_samples, tmp_pat
     assert main(args + ["--no-report"]) == 0
     res2 = json.loads(out.read_text())
     assert res2["ground_truth"]["cache_hit"] and res2["coverage"] == res["coverage"]
+    # ... and so do the samples' (keyed by their content: a changed crystal is scored again)
+    assert not res["input"]["cache_hit"] and res2["input"]["cache_hit"]
+    assert res2["validity"] == res["validity"]
+    d = torch.load(gt_samples / "samples.pt", weights_only=True)
+    d["frac_coords"][0] += 0.01
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    torch.save(d, changed / "samples.pt")
+    assert main([str(changed) if a == str(gt_samples) else a for a in args] + ["--no-report"]) == 0
+    assert not json.loads(out.read_text())["input"]["cache_hit"]
 
 
 def test_recon_of_the_ground_truth(tiny_source, gt_samples, tmp_path):

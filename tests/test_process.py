@@ -287,7 +287,8 @@ def test_train_sample_reconstruct_with_the_score_process(prepared_cache, tmp_pat
     assert torch.load(rec / "samples.pt", weights_only=True)["index"].tolist() == [0, 1]
     capsys.readouterr()
     for extra, needle in ((["--steps", "10"], "--steps does not apply to the score process"),
-                          (["--sampler", "eq6"], "--sampler eq6 does not apply to the score process")):
+                          (["--sampler", "eq6"], "--sampler eq6 does not apply to the score process"),
+                          (["--frame", "fmod"], "--frame does not apply to the score process")):
         rc = main(["sample", "--ckpt", str(model), "--out", str(tmp_path / "bad"), "-n", "2", "--device", "cpu",
                    "--no-progress", *extra])
         err = capsys.readouterr().err.strip()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from dpcdvae.data.datasets import DATASETS, SPLITS
-from dpcdvae.registry import ENCODERS, PROCESSES
+from dpcdvae.registry import ENCODERS, PROCESSES, REVERSE_FRAMES
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "EncoderConfig", "DenoiserConfig", "DiffusionConfig",
            "ScoreConfig", "LossConfig", "TrainConfig", "SampleConfig", "FieldSpec", "defaults", "fields_by_key",
@@ -143,6 +143,9 @@ class DiffusionConfig:
                     choices=("sigmoid", "linear", "cosine"))
     alphabar_quirk: bool = opt(True, "reference's alpha-bar (beta_0 left out of the product)")
     recenter: bool = opt(True, "remove per-crystal coordinate means (x0, noise, reverse state)")
+    reverse_frame: str = opt("wrap", "state frame of the reverse chain: wrap to [0, 1) (reference) | fmod "
+                             "into (-1, 1), idempotent after recentring (diffusion/ddpm.py)",
+                             choices=REVERSE_FRAMES)
     type_sigma_begin: float = opt(0.01, "atom-type noise at t = 1", **_POS)
     type_sigma_end: float = opt(5.0, "atom-type noise at t = T", **_POS)
 

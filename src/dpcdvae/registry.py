@@ -11,6 +11,8 @@ The registries of this module (their implementations live elsewhere; see docs/AR
 - :data:`ENCODERS`: ``model.encoder`` / ``--encoder`` -> crystal encoder constructor.
 - :data:`PROCESSES`: ``model.process`` -> :class:`~dpcdvae.diffusion.process.CoordinateProcess` class.
 - :data:`SAMPLERS`: ``--sampler`` -> reverse sampler; ``info(name)["process"]`` names its process.
+- :data:`REVERSE_FRAMES`: ``model.diffusion.reverse_frame`` / ``--frame``, the DDPM chain's state frame
+  (:func:`dpcdvae.diffusion.ddpm.reverse_sample`).
 
 Datasets are registered in :data:`dpcdvae.data.datasets.DATASETS` (a Registry of plain records), the
 generation metrics in :data:`dpcdvae.evaluation.gen.GEN_METRICS` (beside the code they share).
@@ -24,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Iterator, TypeVar
 
-__all__ = ["Registry", "ENCODERS", "PROCESSES", "SAMPLERS"]
+__all__ = ["Registry", "ENCODERS", "PROCESSES", "SAMPLERS", "REVERSE_FRAMES"]
 
 T = TypeVar("T")
 
@@ -133,3 +135,7 @@ SAMPLERS.register("eq6", "dpcdvae.diffusion.ddpm:plan_step_eq6", process="ddpm",
 SAMPLERS.register("ddim", "dpcdvae.diffusion.ddpm:plan_step_ddim", process="ddpm", help="DDIM (eta=1)")
 SAMPLERS.register("langevin", "dpcdvae.diffusion.score:annealed_langevin", process="score",
                   help="annealed Langevin")
+
+# State frame of the DDPM reverse chain: wrap to [0, 1) before recentring (reference) or truncate into
+# (-1, 1) (fmod: idempotent on recentred states, so every step sees the training frame).
+REVERSE_FRAMES: tuple[str, ...] = ("wrap", "fmod")

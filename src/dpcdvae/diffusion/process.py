@@ -73,12 +73,15 @@ class CoordinateProcess(nn.Module, ABC):
             the default the model builder uses when ``model.denoiser_cfg.eps_frame`` is null.
         samplers: sampler names :meth:`sample` accepts; the first is the default.
         takes_steps: whether :meth:`sample` accepts a number of reverse steps (``--steps``).
+        reverse_frames: state frames of the reverse chain :meth:`set_reverse_frame` accepts (``--frame``);
+            empty when the process has no choice.
     """
 
     name: ClassVar[str]
     frames: ClassVar[tuple[str, ...]]
     samplers: ClassVar[tuple[str, ...]]
     takes_steps: ClassVar[bool] = False
+    reverse_frames: ClassVar[tuple[str, ...]] = ()
 
     @property
     @abstractmethod
@@ -122,6 +125,17 @@ class CoordinateProcess(nn.Module, ABC):
     def network_calls(self, steps: int | None = None) -> int:
         """Number of network calls of one :meth:`sample` with ``steps``."""
 
+    def set_reverse_frame(self, frame: str | None) -> None:
+        """Use ``frame`` for the reverse chain (``None``: keep the configured one); ValueError, one line,
+        where it does not apply."""
+        if frame is None:
+            return
+        if frame not in self.reverse_frames:
+            if not self.reverse_frames:
+                raise ValueError(f"--frame does not apply to the {self.name} process; leave it out")
+            raise ValueError(f"--frame {frame} is not one of {', '.join(self.reverse_frames)}")
+        self.reverse_frame = frame
+
     def check_sampling(self, sampler: str | None, steps: int | None) -> str:
         """The sampler name to use (``None``: the default); ValueError, one line, for options that do
         not apply to this process."""
@@ -149,17 +163,21 @@ class DDPMProcess(CoordinateProcess):
     Args:
         schedule: betas / alpha-bars / type sigmas on T levels.
         recenter: remove per-crystal means of x0, the noise and the reverse state (reference default).
+        reverse_frame: ``wrap`` (reference) or ``fmod``, see :func:`~dpcdvae.diffusion.ddpm.reverse_sample`.
     """
 
     name = "ddpm"
     frames = ("fractional", "cartesian")
     samplers = ddpm.SAMPLERS
     takes_steps = True
+    reverse_frames = ddpm.REVERSE_FRAMES
 
-    def __init__(self, schedule: DiffusionSchedule, recenter: bool = True) -> None:
+    def __init__(self, schedule: DiffusionSchedule, recenter: bool = True, reverse_frame: str = "wrap") -> None:
         super().__init__()
         self.schedule = schedule
         self.recenter = bool(recenter)
+        self.reverse_frame = "wrap"
+        self.set_reverse_frame(reverse_frame)
 
     @property
     def num_levels(self) -> int:
@@ -173,7 +191,7 @@ class DDPMProcess(CoordinateProcess):
             type_sigma_begin=float(d["type_sigma_begin"]), type_sigma_end=float(d["type_sigma_end"]),
             kind=str(d.get("kind", "sigmoid")), alphabar_quirk=bool(d.get("alphabar_quirk", True)),
         )
-        return cls(schedule, recenter=bool(d["recenter"]))
+        return cls(schedule, recenter=bool(d["recenter"]), reverse_frame=str(d.get("reverse_frame", "wrap")))
 
     def noise(self, frac0, atom_types, batch, num_atoms, lattice, true_lattice, composition_probs,
               generator=None) -> NoisyBatch:
@@ -200,7 +218,8 @@ class DDPMProcess(CoordinateProcess):
         if not self.recenter:
             x_T = torch.randn(x_T.shape, device=batch.device, generator=generator)
         return ddpm.reverse_sample(net_fn, x_T, batch, num_atoms, self.schedule, sampler=sampler, steps=steps,
-                                   generator=generator, callback=callback, recenter=self.recenter)
+                                   generator=generator, callback=callback, recenter=self.recenter,
+                                   frame=self.reverse_frame)
 
     def network_calls(self, steps=None) -> int:
         full = self.num_levels - 1

@@ -1,8 +1,9 @@
-"""On-disk cache of evaluated ground-truth tables (validity, fingerprints, descriptors).
+"""On-disk cache of evaluated crystal tables (validity, fingerprints, descriptors).
 
 A table is stored as ``<cache_dir>/<dataset>/eval/<split>-<key>.npz`` (numpy arrays only, read with
-``allow_pickle=False``); the key hashes the CSV file's sha256, the selected rows, the evaluation
-settings and ``EVAL_CACHE_VERSION``, so a changed file or setting never reuses a stale entry.
+``allow_pickle=False``); the key hashes the CSV file's sha256 (ground truth) or the crystals' content
+(generated samples, :func:`items_sha256`), the selected rows, the evaluation settings and
+``EVAL_CACHE_VERSION``, so a changed file or setting never reuses a stale entry.
 """
 
 from __future__ import annotations
@@ -29,6 +30,27 @@ def table_key(file_sha256: str, rows: np.ndarray | None, settings: dict[str, Any
     h.update(dumps_strict(settings, indent=None, sort_keys=True).encode())
     h.update(str(EVAL_CACHE_VERSION).encode())
     return h.hexdigest()[:16]
+
+
+_ITEM_FIELDS = ("label", "atom_types", "frac_coords", "lengths", "angles", "lattice", "cif", "preprocess")
+
+
+def items_sha256(items) -> str:
+    """sha256 of the content of a list of ``CrystalInput`` (every field, arrays with dtype and shape)."""
+    h = hashlib.sha256()
+    for it in items:
+        for name in _ITEM_FIELDS:
+            v = getattr(it, name)
+            h.update(name.encode())
+            if v is None:
+                h.update(b"\x00none")
+            elif isinstance(v, (str, bool)):
+                h.update(repr(v).encode())
+            else:
+                a = np.ascontiguousarray(np.asarray(v))
+                h.update(f"{a.dtype}{a.shape}".encode())
+                h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def table_path(cache_dir: Path, dataset: str, split: str, key: str) -> Path:

@@ -69,6 +69,30 @@ def evaluate_items(items: list[CrystalInput], opts: EvalOptions, pool: LazyPool,
     return records_to_table(records)
 
 
+def eval_settings(opts: EvalOptions) -> dict[str, Any]:
+    """What a cached table depends on besides its crystals."""
+    return {"opts": opts.__dict__, "preprocess": "niggli+canonical", "versions": library_versions()}
+
+
+def evaluate_items_cached(items: list[CrystalInput], dataset: str, opts: EvalOptions, pool: LazyPool,
+                          cache_dir: Path | None, progress: bool) -> tuple[dict[str, np.ndarray], bool]:
+    """:func:`evaluate_items` of generated crystals through the cache (key: their content and the
+    settings), so that a run stopped after the slow per-crystal part (e.g. in the property step)
+    costs nothing the second time. Returns (table, cache_hit)."""
+    from dpcdvae.evaluation import cache as ec
+
+    if cache_dir is None:
+        return evaluate_items(items, opts, pool, progress, "samples"), False
+    settings = eval_settings(opts)
+    path = ec.table_path(cache_dir, dataset, "samples", ec.table_key(ec.items_sha256(items), None, settings))
+    hit = ec.load_table(path)
+    if hit is not None:
+        return hit[0], True
+    table = evaluate_items(items, opts, pool, progress, "samples")
+    ec.save_table(path, table, {"n": len(items), "settings": settings})
+    return table, False
+
+
 def evaluate_csv_cached(csv_path: Path, dataset: str, split_label: str, opts: EvalOptions, pool: LazyPool,
                         cache_dir: Path | None, progress: bool, rows: np.ndarray | None = None,
                         shipped: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -86,8 +110,8 @@ def evaluate_csv_cached(csv_path: Path, dataset: str, split_label: str, opts: Ev
 
     t0 = time.perf_counter()
     sha = file_sha256(csv_path)
-    versions = library_versions()
-    settings = {"opts": opts.__dict__, "preprocess": "niggli+canonical", "versions": versions}
+    settings = eval_settings(opts)
+    versions = settings["versions"]
     key = ec.table_key(sha, rows, settings)
     path = ec.table_path(cache_dir, dataset, split_label, key) if cache_dir is not None else None
     hit = ec.load_table(path) if path is not None else None
@@ -351,9 +375,9 @@ def evaluate_gen(samples: Path, dataset: str, *, split: str = "test", source: Pa
                           "cache_hit": gen_info["cache_hit"]}
         else:
             items, rows = _subset_items(loaded.items, max_samples, subset_seed)
-            gen = evaluate_items(items, opts, pool, progress, "samples")
+            gen, gen_hit = evaluate_items_cached(items, dataset, opts, pool, cdir, progress)
             input_warnings += unparsable_cif_warnings(items, gen)
-            input_info = {"kind": loaded.kind, "note": loaded.note, "meta": loaded.meta}
+            input_info = {"kind": loaded.kind, "note": loaded.note, "meta": loaded.meta, "cache_hit": gen_hit}
         timing["samples_s"] = round(time.perf_counter() - t0, 3)
     input_info.update(path=str(samples), n_input=(n_rows if loaded is None else len(loaded.items)),
                       n_scored=int(gen["valid"].shape[0]),

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpcdvae.registry import SAMPLERS
+from dpcdvae.registry import REVERSE_FRAMES, SAMPLERS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -27,6 +27,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--no-cif", action="store_true", help="skip the per-crystal CIF files")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--frame", choices=REVERSE_FRAMES, default=None,
+                   help="reverse-chain state frame (DDPM): wrap (reference) or fmod; default: the model's "
+                        "model.diffusion.reverse_frame")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="network precision (auto: bf16 autocast on CUDA for bf16-trained models, else fp32)")
 
@@ -74,7 +77,7 @@ def _sample(args: argparse.Namespace) -> int:
             res = sample_multi(args.ckpt, args.n, args.out, args.devices, device=args.device,
                                batch_size=args.batch_size, steps=args.steps, sampler=args.sampler, seed=args.seed,
                                resume=args.resume, write_cifs=not args.no_cif, progress=not args.no_progress,
-                               precision=args.precision)
+                               precision=args.precision, frame=args.frame)
         except ShardFailedError as err:  # one line, as for bad input
             raise ValueError(str(err)) from None
         print(result_json(res))
@@ -82,7 +85,7 @@ def _sample(args: argparse.Namespace) -> int:
     res = sample(args.ckpt, args.n, args.out, batch_size=args.batch_size, steps=args.steps, sampler=args.sampler,
                  seed=args.seed, device=args.device, resume=args.resume, write_cifs=not args.no_cif,
                  rank=args.rank, world_size=args.world_size, progress=not args.no_progress,
-                 precision=args.precision)
+                 precision=args.precision, frame=args.frame)
     print(result_json(res))
     return 0
 
@@ -94,6 +97,6 @@ def _reconstruct(args: argparse.Namespace) -> int:
     res = reconstruct(args.ckpt, args.out, split=args.split, cache_dir=args.cache_dir, batch_size=args.batch_size,
                       steps=args.steps, sampler=args.sampler, seed=args.seed, device=args.device,
                       resume=args.resume, limit=args.limit, write_cifs=not args.no_cif,
-                      progress=not args.no_progress, precision=args.precision)
+                      progress=not args.no_progress, precision=args.precision, frame=args.frame)
     print(result_json(res))
     return 0

@@ -62,13 +62,16 @@ def _worker(rank: int, world: int, device: str, kwargs: dict, queue) -> None:
         raise SystemExit(1)
 
 
-def _check_sampling(ckpt: Path | str, sampler: str | None, steps: int | None) -> str:
-    """Refuse ``--steps`` / ``--sampler`` the model's process does not take, before any worker starts."""
+def _check_sampling(ckpt: Path | str, sampler: str | None, steps: int | None, frame: str | None = None) -> str:
+    """Refuse ``--steps`` / ``--sampler`` / ``--frame`` the model's process does not take, before any
+    worker starts."""
     from dpcdvae.diffusion.process import build_process
     from dpcdvae.models.checkpoint import load_model_file
 
     cfg, _ = load_model_file(ckpt)
-    return build_process(cfg["model"]).check_sampling(sampler, steps)
+    process = build_process(cfg["model"])
+    process.set_reverse_frame(frame)
+    return process.check_sampling(sampler, steps)
 
 
 def sample_multi(
@@ -85,6 +88,7 @@ def sample_multi(
     write_cifs: bool = True,
     progress: bool = True,
     precision: str = "auto",
+    frame: str | None = None,
 ) -> SampleResult:
     """Generate ``n`` crystals with ``devices`` worker processes (arguments as in ``sample``).
 
@@ -105,14 +109,14 @@ def sample_multi(
     from dpcdvae.sampling.run import _merge
 
     check_sample_args(out, n=n, batch_size=batch_size, steps=steps)
-    sampler = _check_sampling(ckpt, sampler, steps)
+    sampler = _check_sampling(ckpt, sampler, steps, frame)
     devs = worker_devices(device, devices)
     out = Path(out)
     if (out / "run.json").exists() and not resume:
         raise ValueError(f"{out} holds a previous run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     kwargs = dict(ckpt=ckpt, n=n, out=out, batch_size=batch_size, steps=steps, sampler=sampler, seed=seed,
-                  resume=resume, write_cifs=write_cifs, progress=progress, precision=precision)
+                  resume=resume, write_cifs=write_cifs, progress=progress, precision=precision, frame=frame)
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     queue = ctx.SimpleQueue()

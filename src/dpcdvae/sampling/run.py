@@ -117,7 +117,9 @@ def _run_batches(
         raise ValueError(f"{out} holds a previous run; pass --resume to continue it or choose another --out")
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        for key in ("ckpt", "n", "batch_size", "seed", "steps", "sampler", "split"):
+        for key in ("ckpt", "n", "batch_size", "seed", "steps", "sampler", "split", "frame"):
+            if key == "frame" and key not in old:  # run.json of a version without --frame: the wrap chain
+                old[key] = "wrap" if meta.get(key) is not None else None
             if old.get(key) != meta.get(key):
                 raise ValueError(f"--resume: {key} differs from the run in {out} ({old.get(key)!r} vs {meta.get(key)!r})")
     atomic_write_text(meta_path, dumps_strict(meta) + "\n")
@@ -182,6 +184,7 @@ def sample(
     progress: bool = True,
     merge: bool = True,
     precision: str = "auto",
+    frame: str | None = None,
 ) -> SampleResult:
     """Generate ``n`` crystals from z ~ N(0, I).
 
@@ -202,14 +205,16 @@ def sample(
         merge: merge the parts when all exist (False: the caller merges, as ``sample_multi`` does).
         precision: network precision, see :func:`inference_precision` (``auto``: bf16 on CUDA for the
             presets, fp32 on the CPU).
+        frame: reverse-chain state frame (DDPM: ``wrap`` or ``fmod``, ``model.diffusion.reverse_frame``);
+            None = the model's configured one.
     """
     check_sample_args(out, n=n, batch_size=batch_size, steps=steps, rank=rank, world_size=world_size)
-    dev, model, cfg, sampler, prec, bs = _open_model(ckpt, device, sampler, steps, precision, batch_size)
+    dev, model, cfg, sampler, prec, bs = _open_model(ckpt, device, sampler, steps, precision, batch_size, frame)
     num_batches = -(-n // bs)
     out = Path(out)
     meta = {"task": "generate", "ckpt": str(Path(ckpt).resolve()), "n": n, "batch_size": bs, "seed": seed,
             "steps": steps, "sampler": sampler, "split": None, "dataset": cfg["data"]["dataset"],
-            "train_split": cfg["data"]["train_split"], "precision": prec}
+            "train_split": cfg["data"]["train_split"], "precision": prec, "frame": _frame(model)}
 
     def run_batch(b: int, gen: torch.Generator, on_step: Callable) -> dict:
         size = min(bs, n - b * bs)
@@ -236,20 +241,21 @@ def reconstruct(
     write_cifs: bool = True,
     progress: bool = True,
     precision: str = "auto",
+    frame: str | None = None,
 ) -> SampleResult:
     """Encode each crystal of ``split`` and decode it; ``samples.pt['index']`` pairs every output with
-    the 0-based CSV row of its ground truth (``steps`` / ``sampler`` as in :func:`sample`)."""
+    the 0-based CSV row of its ground truth (``steps`` / ``sampler`` / ``frame`` as in :func:`sample`)."""
     from dpcdvae.data.cache import load_split
 
     check_sample_args(out, batch_size=batch_size, steps=steps, limit=limit)
-    dev, model, cfg, sampler, prec, bs = _open_model(ckpt, device, sampler, steps, precision, batch_size)
+    dev, model, cfg, sampler, prec, bs = _open_model(ckpt, device, sampler, steps, precision, batch_size, frame)
     data = load_split(cache_dir, cfg["data"]["dataset"], split)
     n = len(data) if limit is None else min(limit, len(data))
     data = data.to(dev)
     num_batches = -(-n // bs)
     meta = {"task": "reconstruct", "ckpt": str(Path(ckpt).resolve()), "n": n, "batch_size": bs, "seed": seed,
             "steps": steps, "sampler": sampler, "split": split, "dataset": cfg["data"]["dataset"],
-            "train_split": cfg["data"]["train_split"], "precision": prec}
+            "train_split": cfg["data"]["train_split"], "precision": prec, "frame": _frame(model)}
 
     def run_batch(b: int, gen: torch.Generator, on_step: Callable) -> dict:
         idx = torch.arange(b * bs, min(n, (b + 1) * bs), device=dev)
@@ -266,16 +272,22 @@ def reconstruct(
 
 
 def _open_model(ckpt: Path | str, device: str, sampler: str | None, steps: int | None, precision: str,
-                batch_size: int | None) -> tuple[torch.device, Any, dict, str, str, int]:
+                batch_size: int | None, frame: str | None = None) -> tuple[torch.device, Any, dict, str, str, int]:
     """The model of ``ckpt`` on ``device`` (eval mode) -> (device, model, config, checked sampler, network
-    precision, crystals per batch)."""
+    precision, crystals per batch); ``frame`` (not None) replaces the reverse-chain frame."""
     from dpcdvae.models.checkpoint import load_model
 
     dev = resolve_device(device)
     model, cfg = load_model(ckpt, dev)
     sampler = model.process.check_sampling(sampler, steps)
+    model.process.set_reverse_frame(frame)
     prec = inference_precision(dev, precision, cfg)
     return dev, model, cfg, sampler, prec, int(batch_size or cfg.get("sample", {}).get("batch_size", 1024))
+
+
+def _frame(model) -> str | None:
+    """The reverse-chain frame the run uses (None for processes without the choice)."""
+    return getattr(model.process, "reverse_frame", None)
 
 
 def reverse_steps(model, steps: int | None) -> int:
