@@ -173,26 +173,24 @@ class DPCDVAE(nn.Module):
         type_ce = F.cross_entropy(type_logits.float(), target_types, reduction="none") / noisy.type_sigma
         type_loss = segment_mean(type_ce.float(), batch.batch, bsz).mean()
 
+        return self.combine_losses({"natom": natom_loss, "lattice": lattice_loss, "composition": comp_loss,
+                                    "coord": coord_loss, "type": type_loss, "kld": kld}, coord_multiplier)
+
+    def combine_losses(self, terms: dict[str, Tensor], coord_multiplier: float = 1.0) -> dict[str, Tensor]:
+        """The weighted total (``loss``) and the validation criterion of the loss ``terms`` (keys natom,
+        lattice, composition, coord, type, kld: scalars); returns the terms with both added."""
         w = self.loss_weights
         total = (
-            w["cost_natom"] * natom_loss
-            + w["cost_lattice"] * lattice_loss
-            + w["cost_composition"] * comp_loss
-            + w["cost_coord"] * coord_multiplier * coord_loss
-            + w["cost_type"] * type_loss
-            + w["beta"] * kld
+            w["cost_natom"] * terms["natom"]
+            + w["cost_lattice"] * terms["lattice"]
+            + w["cost_composition"] * terms["composition"]
+            + w["cost_coord"] * coord_multiplier * terms["coord"]
+            + w["cost_type"] * terms["type"]
+            + w["beta"] * terms["kld"]
         )
-        return {
-            "loss": total,
-            "natom": natom_loss,
-            "lattice": lattice_loss,
-            "composition": comp_loss,
-            "coord": coord_loss,
-            "type": type_loss,
-            "kld": kld,
-            # the reference's validation / checkpoint criterion: cost_coord*coord + cost_type*type
-            "val_criterion": w["cost_coord"] * coord_loss + w["cost_type"] * type_loss,
-        }
+        # the reference's validation / checkpoint criterion: cost_coord*coord + cost_type*type
+        val = w["cost_coord"] * terms["coord"] + w["cost_type"] * terms["type"]
+        return {"loss": total, **terms, "val_criterion": val}
 
     # ------------------------------------------------------------------------------ sampling
     @torch.no_grad()

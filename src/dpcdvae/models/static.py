@@ -189,21 +189,9 @@ def static_forward(model: DPCDVAE, pb: PaddedBatch, noise: StepNoise, teacher_fo
     type_ce = F.cross_entropy(type_logits.float(), target_types, reduction="none") / type_sigma
     type_loss = _crystal_mean(segment_mean(type_ce.float(), pb.batch, bpad), cmask, n_real)
 
-    w = model.loss_weights
-    total = (
-        w["cost_natom"] * natom_loss
-        + w["cost_lattice"] * lattice_loss
-        + w["cost_composition"] * comp_loss
-        + w["cost_coord"] * coord_multiplier * coord_loss
-        + w["cost_type"] * type_loss
-        + w["beta"] * kld
-    )
-    out = {
-        "loss": total, "natom": natom_loss, "lattice": lattice_loss, "composition": comp_loss,
-        "coord": coord_loss, "type": type_loss, "kld": kld,
-        "val_criterion": w["cost_coord"] * coord_loss + w["cost_type"] * type_loss,
-        "overflow": eg.overflow | trip_overflow | dg.overflow,
-    }
+    out = model.combine_losses({"natom": natom_loss, "lattice": lattice_loss, "composition": comp_loss,
+                                "coord": coord_loss, "type": type_loss, "kld": kld}, coord_multiplier)
+    out["overflow"] = eg.overflow | trip_overflow | dg.overflow
     if return_outputs:
         out["pred"], out["type_logits"] = pred, type_logits
     return out
