@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 
 from dpcdvae.config import apply_overrides, check_config_values, load_config
-from dpcdvae.config_schema import fields_by_key
 from dpcdvae.jsonio import dumps_strict
 
 __all__ = ["train", "TrainResult"]
@@ -45,9 +44,6 @@ def _last_ckpt(out: Path) -> Path:
     return out / "checkpoints" / "last.ckpt"
 
 
-WEIGHTS: tuple[str, ...] = fields_by_key()["train.model_weights"].choices  # raw | ema | ema_denoiser
-
-
 def _save_weights(out: Path, model, cfg: dict, ema) -> list[str] | None:
     """Write ``model.pt`` (the weights named by ``train.model_weights``) and, when a weight average
     was kept, all three forms: ``model_raw.pt`` (the trained weights), ``model_ema.pt`` (every
@@ -55,9 +51,7 @@ def _save_weights(out: Path, model, cfg: dict, ema) -> list[str] | None:
     from dpcdvae.models.checkpoint import save_model
     from dpcdvae.training.schedule import ema_state_dict
 
-    choice = str(cfg["train"].get("model_weights") or "raw")
-    if choice not in WEIGHTS:
-        raise ValueError(f"train.model_weights must be one of {', '.join(WEIGHTS)}, got {choice!r}")
+    choice = str(cfg["train"].get("model_weights") or "raw")  # raw | ema | ema_denoiser (schema-checked)
     if ema is None or not ema.shadow:
         save_model(out / "model.pt", model, cfg)
         return None
