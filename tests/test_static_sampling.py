@@ -120,3 +120,27 @@ def test_static_needs_capped_ref_graph(models):
             check_static_sampling(den)
     finally:
         den.max_neighbors = old
+
+
+def test_sample_static_shapes_recorded(tiny_model, tmp_path):
+    """``sample(static_shapes=True)`` runs the static path and records the option in run.json and samples'
+    meta; --cuda-graphs without a CUDA device is refused. (Same seed: same atom counts and lattices,
+    drawn before the chain; the chain itself is compared per call above: an eq7 chain wraps and
+    recentres every step, so a 1e-7 difference at a cell boundary can move a whole crystal.)"""
+    import json
+
+    from dpcdvae.sampling.run import sample
+
+    kw = dict(n=3, batch_size=2, steps=5, seed=1, device="cpu", write_cifs=False, progress=False)
+    sample(tiny_model, out=tmp_path / "eager", **kw)
+    sample(tiny_model, out=tmp_path / "static", static_shapes=True, **kw)
+    eager = torch.load(tmp_path / "eager" / "samples.pt", weights_only=True)
+    static = torch.load(tmp_path / "static" / "samples.pt", weights_only=True)
+    assert eager["meta"]["static_shapes"] is False and static["meta"]["static_shapes"] is True
+    assert json.loads((tmp_path / "static" / "run.json").read_text())["static_atom_multiple"] == 256
+    for key in ("num_atoms", "lengths", "angles"):
+        assert torch.equal(static[key], eager[key])
+    assert static["frac_coords"].shape == eager["frac_coords"].shape
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            sample(tiny_model, out=tmp_path / "graphs", cuda_graphs=True, **kw)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from dpcdvae.data.padding import SINK_LENGTH, atom_bucket
 from dpcdvae.geometry.static_graph import StaticSizes, radius_graph_static, static_sizes
 
-__all__ = ["StaticSampling", "StaticNet", "check_static_sampling", "padded_denoiser_call"]
+__all__ = ["StaticSampling", "StaticNet", "check_static_sampling", "padded_denoiser_call", "static_options"]
 
 
 @dataclass
@@ -145,3 +145,20 @@ class StaticNet:
             return self.eager(x, t, types)
         # clone: a CUDA-graph replay overwrites its output buffers
         return pred[: self.n].clone(), logits[: self.n].clone()
+
+
+def static_options(cfg: dict, device: torch.device, static_shapes: bool | None = None,
+                   cuda_graphs: bool | None = None) -> StaticSampling | None:
+    """The static path of a sampling run: the arguments (None = the config's ``sample.static_shapes`` /
+    ``sample.cuda_graphs``, absent keys = off) and ``sample.static_*`` sizes -> options, or None for the
+    eager path. ``cuda_graphs`` implies ``static_shapes`` and needs a CUDA device."""
+    sc = cfg.get("sample", {}) or {}
+    graphs = bool(sc.get("cuda_graphs", False)) if cuda_graphs is None else bool(cuda_graphs)
+    static = bool(sc.get("static_shapes", False)) if static_shapes is None else bool(static_shapes)
+    if graphs and device.type != "cuda":
+        raise ValueError("--cuda-graphs needs a CUDA device (use --static-shapes alone on the CPU)")
+    if not (static or graphs):
+        return None
+    return StaticSampling(atom_multiple=int(sc.get("static_atom_multiple", 256)),
+                          edge_factor=float(sc.get("static_edge_factor", 1.1)),
+                          max_degree=sc.get("static_max_degree"), cuda_graphs=graphs)
