@@ -144,3 +144,17 @@ def test_sample_static_shapes_recorded(tiny_model, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             sample(tiny_model, out=tmp_path / "graphs", cuda_graphs=True, **kw)
+
+
+def test_cli_static_shapes(tiny_model, prepared_cache, tmp_path, capsys):
+    """``dpcdvae reconstruct --static-shapes`` reaches the static path (run.json records it)."""
+    import json
+
+    from dpcdvae.cli import main
+
+    out = tmp_path / "r"
+    assert main(["reconstruct", "--ckpt", str(tiny_model), "--out", str(out), "--cache-dir",
+                 str(prepared_cache), "--limit", "2", "--steps", "3", "--device", "cpu", "--no-cif",
+                 "--no-progress", "--static-shapes"]) == 0
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["static_shapes"] is True and meta["cuda_graphs"] is False
