@@ -42,15 +42,6 @@ def _assert_same(static, eager):
 CASES = [("tiny", 10), ("tiny_cdvae", None)]
 
 
-@pytest.mark.parametrize("seed", [3])
-def test_static_ddpm_chain_matches_eager(models, seed):
-    """A respaced 10-step DDPM chain: same seed -> same crystals, no fallback."""
-    model = models["tiny"]
-    opts = StaticSampling(atom_multiple=8)
-    _assert_same(_decode(model, opts, 10, seed), _decode(model, None, 10, seed))
-    assert (opts.calls, opts.fallbacks) == (10, 0)
-
-
 @pytest.mark.parametrize("name,steps", CASES)
 def test_static_calls_match_eager_along_chain(models, name, steps, monkeypatch):
     """Every padded call of a chain (ddpm and Langevin) equals the eager call on the same state: pred
