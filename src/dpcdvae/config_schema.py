@@ -241,6 +241,14 @@ class TrainConfig:
 class SampleConfig:
     """``sample``: sampling defaults (sampling/run.py)."""
     batch_size: int = opt(1024, "crystals per sampling batch (--batch-size overrides)", lo=1)
+    static_shapes: bool = opt(False, "padded fixed-shape network call per reverse step (--static-shapes)")
+    cuda_graphs: bool = opt(False, "capture that call as CUDA graphs (reduce-overhead; implies static_shapes; "
+                                   "CUDA only; --cuda-graphs)")
+    static_atom_multiple: int = opt(256, "static_shapes: atoms per batch padded to the next multiple of this",
+                                    lo=1)
+    static_edge_factor: float = opt(1.1, "static_shapes: edge buffer = factor x N_pad K", lo=1, hi=2)
+    static_max_degree: Optional[int] = opt(None, "static_shapes: in-degree bound per atom (null = 2 max_neighbors)",
+                                           lo=2)
 
 
 @dataclass

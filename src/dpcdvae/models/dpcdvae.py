@@ -11,7 +11,7 @@ Shapes: B crystals, N atoms (N = num_atoms.sum()), latent size D.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ from dpcdvae.diffusion.types import sample_composition_types
 from dpcdvae.geometry.lattice import lattice_from_params
 from dpcdvae.nn.mlp import build_mlp
 from dpcdvae.ops import segment_mean
+
+if TYPE_CHECKING:
+    from dpcdvae.sampling.static_net import StaticSampling
 
 __all__ = ["DPCDVAE", "sanitize_lattice", "LOSS_KEYS"]
 
@@ -204,6 +207,7 @@ class DPCDVAE(nn.Module):
         atom_types: Tensor | None = None,
         callback: Callable[..., None] | None = None,
         return_initial_types: bool = False,
+        static: "StaticSampling | None" = None,
     ) -> dict[str, Tensor]:
         """Decode latents into crystals with the reverse process of ``self.process``.
 
@@ -219,6 +223,9 @@ class DPCDVAE(nn.Module):
                 denoiser's type logits after every step).
             callback: ``callback(step_index, t, x [N, 3], types [N])`` after every network call.
             return_initial_types: also return ``initial_types`` [N], the types drawn from A_z.
+            static: a :class:`~dpcdvae.sampling.static_net.StaticSampling`: every network call on a
+                padded batch with fixed shapes (CUDA-graph capturable; overflowing steps fall back to
+                the eager call). None (default): the eager call.
 
         Returns:
             dict with frac_coords [N,3] in [0,1), atom_types [N] (Z), num_atoms [B], lengths [B,3] Å,
@@ -239,9 +246,18 @@ class DPCDVAE(nn.Module):
         initial_types = atom_types
         num_levels = self.process.num_levels
 
+        static_net = None
+        if static is not None:
+            from dpcdvae.sampling.static_net import StaticNet
+
+            static_net = StaticNet(self.denoiser, static, z, num_atoms, batch, lattice, num_levels, self.max_atoms)
+
         def net_fn(x_t: Tensor, t: Tensor, step_index: int) -> tuple[Tensor, Tensor]:
             # types follow the network after every call (argmax + 1), as both references do
-            pred, logits = self.denoiser(z, t, num_levels, x_t, state["types"], num_atoms, batch, lattice)
+            if static_net is not None:
+                pred, logits = static_net(x_t, t, state["types"])
+            else:
+                pred, logits = self.denoiser(z, t, num_levels, x_t, state["types"], num_atoms, batch, lattice)
             if not force_types:
                 state["types"] = logits.float().argmax(-1) + 1
             return pred.float(), state["types"]

@@ -32,6 +32,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "model.diffusion.reverse_frame")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="network precision (auto: bf16 autocast on CUDA for bf16-trained models, else fp32)")
+    p.add_argument("--static-shapes", action=argparse.BooleanOptionalAction, default=None,
+                   help="padded fixed-shape network call per reverse step (default: the config's "
+                        "sample.static_shapes, off)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture that call as CUDA graphs (torch.compile reduce-overhead; implies "
+                        "--static-shapes; CUDA only; default: sample.cuda_graphs, off)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -77,7 +83,8 @@ def _sample(args: argparse.Namespace) -> int:
             res = sample_multi(args.ckpt, args.n, args.out, args.devices, device=args.device,
                                batch_size=args.batch_size, steps=args.steps, sampler=args.sampler, seed=args.seed,
                                resume=args.resume, write_cifs=not args.no_cif, progress=not args.no_progress,
-                               precision=args.precision, frame=args.frame)
+                               precision=args.precision, frame=args.frame, static_shapes=args.static_shapes,
+                               cuda_graphs=args.cuda_graphs)
         except ShardFailedError as err:  # one line, as for bad input
             raise ValueError(str(err)) from None
         print(result_json(res))
@@ -85,7 +92,8 @@ def _sample(args: argparse.Namespace) -> int:
     res = sample(args.ckpt, args.n, args.out, batch_size=args.batch_size, steps=args.steps, sampler=args.sampler,
                  seed=args.seed, device=args.device, resume=args.resume, write_cifs=not args.no_cif,
                  rank=args.rank, world_size=args.world_size, progress=not args.no_progress,
-                 precision=args.precision, frame=args.frame)
+                 precision=args.precision, frame=args.frame, static_shapes=args.static_shapes,
+                 cuda_graphs=args.cuda_graphs)
     print(result_json(res))
     return 0
 
@@ -97,6 +105,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     res = reconstruct(args.ckpt, args.out, split=args.split, cache_dir=args.cache_dir, batch_size=args.batch_size,
                       steps=args.steps, sampler=args.sampler, seed=args.seed, device=args.device,
                       resume=args.resume, limit=args.limit, write_cifs=not args.no_cif,
-                      progress=not args.no_progress, precision=args.precision, frame=args.frame)
+                      progress=not args.no_progress, precision=args.precision, frame=args.frame,
+                      static_shapes=args.static_shapes, cuda_graphs=args.cuda_graphs)
     print(result_json(res))
     return 0

@@ -89,6 +89,8 @@ def sample_multi(
     progress: bool = True,
     precision: str = "auto",
     frame: str | None = None,
+    static_shapes: bool | None = None,
+    cuda_graphs: bool | None = None,
 ) -> SampleResult:
     """Generate ``n`` crystals with ``devices`` worker processes (arguments as in ``sample``).
 
@@ -116,7 +118,8 @@ def sample_multi(
         raise ValueError(f"{out} holds a previous run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     kwargs = dict(ckpt=ckpt, n=n, out=out, batch_size=batch_size, steps=steps, sampler=sampler, seed=seed,
-                  resume=resume, write_cifs=write_cifs, progress=progress, precision=precision, frame=frame)
+                  resume=resume, write_cifs=write_cifs, progress=progress, precision=precision, frame=frame,
+                  static_shapes=static_shapes, cuda_graphs=cuda_graphs)
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     queue = ctx.SimpleQueue()

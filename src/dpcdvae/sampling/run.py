@@ -185,6 +185,8 @@ def sample(
     merge: bool = True,
     precision: str = "auto",
     frame: str | None = None,
+    static_shapes: bool | None = None,
+    cuda_graphs: bool | None = None,
 ) -> SampleResult:
     """Generate ``n`` crystals from z ~ N(0, I).
 
@@ -207,20 +209,26 @@ def sample(
             presets, fp32 on the CPU).
         frame: reverse-chain state frame (DDPM: ``wrap`` or ``fmod``, ``model.diffusion.reverse_frame``);
             None = the model's configured one.
+        static_shapes: every reverse step's network call on a padded batch with fixed shapes
+            (:mod:`dpcdvae.sampling.static_net`); None = the config's ``sample.static_shapes`` (off).
+        cuda_graphs: capture that call as CUDA graphs (``torch.compile(mode="reduce-overhead")``;
+            implies ``static_shapes``; CUDA only); None = ``sample.cuda_graphs`` (off).
     """
     check_sample_args(out, n=n, batch_size=batch_size, steps=steps, rank=rank, world_size=world_size)
-    dev, model, cfg, sampler, prec, bs = _open_model(ckpt, device, sampler, steps, precision, batch_size, frame)
+    dev, model, cfg, sampler, prec, bs, static = _open_model(ckpt, device, sampler, steps, precision, batch_size,
+                                                             frame, static_shapes, cuda_graphs)
     num_batches = -(-n // bs)
     out = Path(out)
     meta = {"task": "generate", "ckpt": str(Path(ckpt).resolve()), "n": n, "batch_size": bs, "seed": seed,
             "steps": steps, "sampler": sampler, "split": None, "dataset": cfg["data"]["dataset"],
-            "train_split": cfg["data"]["train_split"], "precision": prec, "frame": _frame(model)}
+            "train_split": cfg["data"]["train_split"], "precision": prec, "frame": _frame(model),
+            **_static_meta(static)}
 
     def run_batch(b: int, gen: torch.Generator, on_step: Callable) -> dict:
         size = min(bs, n - b * bs)
         z = torch.randn(size, model.latent_dim, device=dev, generator=gen)
         with inference_context(dev, prec):
-            return model.decode(z, sampler=sampler, steps=steps, generator=gen, callback=on_step)
+            return model.decode(z, sampler=sampler, steps=steps, generator=gen, callback=on_step, static=static)
 
     return _run_batches(out, num_batches, run_batch, lambda b: b * bs, meta, dev, resume, write_cifs,
                         rank, world_size, progress, merge, reverse_steps(model, steps))
@@ -242,20 +250,25 @@ def reconstruct(
     progress: bool = True,
     precision: str = "auto",
     frame: str | None = None,
+    static_shapes: bool | None = None,
+    cuda_graphs: bool | None = None,
 ) -> SampleResult:
     """Encode each crystal of ``split`` and decode it; ``samples.pt['index']`` pairs every output with
-    the 0-based CSV row of its ground truth (``steps`` / ``sampler`` / ``frame`` as in :func:`sample`)."""
+    the 0-based CSV row of its ground truth (``steps`` / ``sampler`` / ``frame`` / ``static_shapes`` /
+    ``cuda_graphs`` as in :func:`sample`)."""
     from dpcdvae.data.cache import load_split
 
     check_sample_args(out, batch_size=batch_size, steps=steps, limit=limit)
-    dev, model, cfg, sampler, prec, bs = _open_model(ckpt, device, sampler, steps, precision, batch_size, frame)
+    dev, model, cfg, sampler, prec, bs, static = _open_model(ckpt, device, sampler, steps, precision, batch_size,
+                                                             frame, static_shapes, cuda_graphs)
     data = load_split(cache_dir, cfg["data"]["dataset"], split)
     n = len(data) if limit is None else min(limit, len(data))
     data = data.to(dev)
     num_batches = -(-n // bs)
     meta = {"task": "reconstruct", "ckpt": str(Path(ckpt).resolve()), "n": n, "batch_size": bs, "seed": seed,
             "steps": steps, "sampler": sampler, "split": split, "dataset": cfg["data"]["dataset"],
-            "train_split": cfg["data"]["train_split"], "precision": prec, "frame": _frame(model)}
+            "train_split": cfg["data"]["train_split"], "precision": prec, "frame": _frame(model),
+            **_static_meta(static)}
 
     def run_batch(b: int, gen: torch.Generator, on_step: Callable) -> dict:
         idx = torch.arange(b * bs, min(n, (b + 1) * bs), device=dev)
@@ -263,7 +276,7 @@ def reconstruct(
         with inference_context(dev, prec):
             mu, logvar = model.encode_stats(batch)
             z = mu + torch.randn(mu.shape, device=dev, generator=gen) * torch.exp(0.5 * logvar)
-            res = model.decode(z, sampler=sampler, steps=steps, generator=gen, callback=on_step)
+            res = model.decode(z, sampler=sampler, steps=steps, generator=gen, callback=on_step, static=static)
         res["index"] = batch.index
         return res
 
@@ -272,17 +285,29 @@ def reconstruct(
 
 
 def _open_model(ckpt: Path | str, device: str, sampler: str | None, steps: int | None, precision: str,
-                batch_size: int | None, frame: str | None = None) -> tuple[torch.device, Any, dict, str, str, int]:
+                batch_size: int | None, frame: str | None = None, static_shapes: bool | None = None,
+                cuda_graphs: bool | None = None) -> tuple[torch.device, Any, dict, str, str, int, Any]:
     """The model of ``ckpt`` on ``device`` (eval mode) -> (device, model, config, checked sampler, network
-    precision, crystals per batch); ``frame`` (not None) replaces the reverse-chain frame."""
+    precision, crystals per batch, static-path options or None); ``frame`` (not None) replaces the
+    reverse-chain frame; ``static_shapes`` / ``cuda_graphs`` as in :func:`sample`."""
     from dpcdvae.models.checkpoint import load_model
+    from dpcdvae.sampling.static_net import check_static_sampling, static_options
 
     dev = resolve_device(device)
     model, cfg = load_model(ckpt, dev)
     sampler = model.process.check_sampling(sampler, steps)
     model.process.set_reverse_frame(frame)
     prec = inference_precision(dev, precision, cfg)
-    return dev, model, cfg, sampler, prec, int(batch_size or cfg.get("sample", {}).get("batch_size", 1024))
+    static = static_options(cfg, dev, static_shapes, cuda_graphs)
+    if static is not None:
+        check_static_sampling(model.denoiser)
+    bs = int(batch_size or cfg.get("sample", {}).get("batch_size", 1024))
+    return dev, model, cfg, sampler, prec, bs, static
+
+
+def _static_meta(static) -> dict:
+    """run.json / samples' meta keys of the static path (``static_shapes`` False for the eager path)."""
+    return static.meta() if static is not None else {"static_shapes": False, "cuda_graphs": False}
 
 
 def _frame(model) -> str | None:
