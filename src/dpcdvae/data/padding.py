@@ -20,7 +20,7 @@ from torch import Tensor
 
 from dpcdvae.data.batch import CrystalBatch
 
-__all__ = ["PaddedBatch", "pad_batch", "atom_bucket", "SINK_LENGTH"]
+__all__ = ["PaddedBatch", "pad_batch", "pad_index", "sink_lattice", "atom_bucket", "SINK_LENGTH"]
 
 SINK_LENGTH = 10.0  # Å, edge of the sink crystal's cubic cell
 
@@ -31,6 +31,25 @@ def atom_bucket(num_nodes: int, multiple: int) -> int:
     if multiple < 1:
         raise ValueError(f"the atom bucket multiple must be >= 1, got {multiple}")
     return (int(num_nodes) // int(multiple) + 1) * int(multiple)
+
+
+def pad_index(num_atoms: Tensor, batch: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The crystal index of a batch (B crystals, N atoms) padded to ``num_nodes`` = N_pad > N atoms and
+    B + 1 crystals: (num_atoms [B + 1] int64 with N_pad - N for the sink crystal, batch [N_pad] int64
+    with B for the sink atoms, atom_mask [N_pad] bool, True for the N real atoms)."""
+    n, b = int(batch.shape[0]), int(num_atoms.shape[0])
+    pad = int(num_nodes) - n
+    if pad < 1:
+        raise ValueError(f"a padded batch needs at least one sink atom: {num_nodes} atoms for a batch of {n}")
+    num_atoms_pad = torch.cat([num_atoms.long(), num_atoms.new_full((1,), pad).long()])
+    batch_pad = torch.cat([batch, batch.new_full((pad,), b)])
+    atom_mask = torch.arange(int(num_nodes), device=batch.device) < n
+    return num_atoms_pad, batch_pad, atom_mask
+
+
+def sink_lattice(dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """[1, 3, 3] Å, the sink crystal's cell (a SINK_LENGTH cube) as a lattice matrix."""
+    return torch.eye(3, dtype=dtype, device=device).unsqueeze(0) * SINK_LENGTH
 
 
 @dataclass
@@ -76,19 +95,18 @@ class PaddedBatch:
 def pad_batch(batch: CrystalBatch, num_nodes: int) -> PaddedBatch:
     """Pad ``batch`` (N atoms, B crystals) to ``num_nodes`` = N_pad > N atoms and B + 1 crystals."""
     n, b = batch.num_nodes, batch.num_graphs
+    num_atoms_pad, batch_pad, atom_mask = pad_index(batch.num_atoms, batch.batch, num_nodes)
     pad = int(num_nodes) - n
-    if pad < 1:
-        raise ValueError(f"a padded batch needs at least one sink atom: {num_nodes} atoms for a batch of {n}")
     dev = batch.frac_coords.device
     ones = torch.ones(1, 3, dtype=batch.lengths.dtype, device=dev)
     return PaddedBatch(
         frac_coords=torch.cat([batch.frac_coords, batch.frac_coords.new_zeros(pad, 3)]),
         atom_types=torch.cat([batch.atom_types, batch.atom_types.new_ones(pad)]),
-        num_atoms=torch.cat([batch.num_atoms, batch.num_atoms.new_full((1,), pad)]),
+        num_atoms=num_atoms_pad,
         lengths=torch.cat([batch.lengths, ones * SINK_LENGTH]),
         angles=torch.cat([batch.angles, ones.to(batch.angles.dtype) * 90.0]),
-        batch=torch.cat([batch.batch, batch.batch.new_full((pad,), b)]),
-        atom_mask=torch.cat([torch.ones(n, dtype=torch.bool, device=dev), torch.zeros(pad, dtype=torch.bool, device=dev)]),
+        batch=batch_pad,
+        atom_mask=atom_mask,
         crystal_mask=torch.cat([torch.ones(b, dtype=torch.bool, device=dev), torch.zeros(1, dtype=torch.bool, device=dev)]),
         num_real_atoms=n,
         num_real_crystals=b,

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from dpcdvae.data.padding import SINK_LENGTH, atom_bucket
+from dpcdvae.data.padding import atom_bucket, pad_index, sink_lattice
 from dpcdvae.geometry.static_graph import StaticSizes, radius_graph_static, static_sizes
 
 __all__ = ["StaticSampling", "StaticNet", "check_static_sampling", "padded_denoiser_call", "static_options"]
@@ -111,17 +111,14 @@ class StaticNet:
         self.denoiser, self.options, self.num_levels = denoiser, options, int(num_levels)
         self.z, self.num_atoms, self.batch, self.lattice = z, num_atoms, batch, lattice
         dev = z.device
-        n, b = int(batch.shape[0]), int(num_atoms.shape[0])
+        n = int(batch.shape[0])
         n_pad = atom_bucket(n, options.atom_multiple)
         pad = n_pad - n
         self.n, self.n_pad = n, n_pad
         self.sizes = static_sizes(n_pad, denoiser.max_neighbors, max_atoms, options.edge_factor, options.max_degree)
         self.z_pad = torch.cat([z, z.new_zeros(1, z.shape[1])])
-        self.num_atoms_pad = torch.cat([num_atoms.long(), num_atoms.new_full((1,), pad).long()])
-        self.batch_pad = torch.cat([batch, batch.new_full((pad,), b)])
-        self.atom_mask = torch.arange(n_pad, device=dev) < n
-        sink_cell = torch.eye(3, dtype=lattice.dtype, device=dev).unsqueeze(0) * SINK_LENGTH
-        self.lattice_pad = torch.cat([lattice, sink_cell])
+        self.num_atoms_pad, self.batch_pad, self.atom_mask = pad_index(num_atoms, batch, n_pad)
+        self.lattice_pad = torch.cat([lattice, sink_lattice(lattice.dtype, dev)])
         self._x_sink = torch.zeros(pad, 3, device=dev)
         self._t_sink = torch.zeros(1, dtype=torch.long, device=dev)
 
