@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
 
 import torch
 
 from dpcdvae.data.cache import load_split
 from dpcdvae.geometry.lattice import lattice_from_params, wrap
+from dpcdvae.jsonio import dumps_strict, write_json
 from dpcdvae.models.checkpoint import load_model
 from dpcdvae.sampling.run import inference_context, inference_precision, resolve_device
 
@@ -150,11 +150,9 @@ def main() -> None:
             "min_dist_quantiles": [float(q) for q in dmin.cpu().quantile(torch.tensor([0.01, 0.05, 0.1, 0.5]))],
         },
     }
-    text = json.dumps(report, indent=2)
-    print(text)
+    print(dumps_strict(report, indent=2))
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+        write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ from dpcdvae.diffusion import ddpm
 from dpcdvae.diffusion.process import NoisyBatch
 from dpcdvae.diffusion.respace import make_plan
 from dpcdvae.geometry.lattice import lattice_from_params
-from dpcdvae.jsonio import dumps_strict
+from dpcdvae.jsonio import dumps_strict, write_json
 from dpcdvae.models.checkpoint import load_model
 from dpcdvae.registry import SAMPLERS as SAMPLER_REGISTRY
 from dpcdvae.sampling.run import inference_context, inference_precision, resolve_device
@@ -273,11 +273,9 @@ def main() -> None:
                   f"{fr['sampler']} | fmod {fr['fmod']} | r-then-w {fr['recentre_then_wrap']}  ({res['seconds']:.1f} s)",
                   flush=True)
     report["seconds"] = time.perf_counter() - t_start
-    text = dumps_strict(report, indent=2)
-    print(text)
+    print(dumps_strict(report, indent=2))
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+        write_json(args.out, report)
 
 
 if __name__ == "__main__":
