@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["acc_dtype", "geometry_dtype", "segment_sum", "segment_count", "segment_mean"]
+__all__ = ["acc_dtype", "geometry_dtype", "exclusive_cumsum", "segment_sum", "segment_count", "segment_mean"]
 
 
 def acc_dtype(t: Tensor) -> torch.dtype:
@@ -23,6 +23,11 @@ def acc_dtype(t: Tensor) -> torch.dtype:
 def geometry_dtype(t: Tensor) -> torch.dtype:
     """dtype for geometry and bases: float64 if ``t`` is float64, else float32 (never half)."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def exclusive_cumsum(x: Tensor) -> Tensor:
+    """[K] -> [K]: the sum of the entries before each one (segment start offsets from segment sizes)."""
+    return torch.cumsum(x, 0) - x
 
 
 def segment_sum(values: Tensor, index: Tensor, num_segments: int, *, fp32: bool = False) -> Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from dpcdvae.geometry.lattice import frac_to_cart, wrap
+from dpcdvae.ops import exclusive_cumsum
 
 __all__ = ["PeriodicGraph", "radius_graph_pbc", "image_offsets", "exact_image_range"]
 
@@ -77,10 +78,6 @@ def exact_image_range(lattice: Tensor, cutoff: float) -> tuple[int, int, int]:
     return (int(reps[0]), int(reps[1]), int(reps[2]))
 
 
-def _exclusive_cumsum(x: Tensor) -> Tensor:
-    return torch.cumsum(x, 0) - x
-
-
 def _lex_negative(n: Tensor) -> Tensor:
     """[E, 3] int -> [E] bool: the first non-zero component is negative."""
     first_nz = torch.where(n[:, 0] != 0, n[:, 0], torch.where(n[:, 1] != 0, n[:, 1], n[:, 2]))
@@ -128,12 +125,12 @@ def radius_graph_pbc(
     pos = frac_to_cart(wrap(frac_coords), lattice, batch)
 
     # All ordered pairs (s, t) inside each crystal, self pairs included.
-    ptr = _exclusive_cumsum(num_atoms)
+    ptr = exclusive_cumsum(num_atoms)
     sq = num_atoms * num_atoms
     n_pairs = int(sq.sum())
     pair_batch = torch.repeat_interleave(torch.arange(num_atoms.shape[0], device=device), sq,
                                          output_size=n_pairs)
-    local = torch.arange(n_pairs, device=device) - _exclusive_cumsum(sq)[pair_batch]
+    local = torch.arange(n_pairs, device=device) - exclusive_cumsum(sq)[pair_batch]
     n_b = num_atoms[pair_batch]
     src = ptr[pair_batch] + torch.div(local, n_b, rounding_mode="floor")
     dst = ptr[pair_batch] + local % n_b
@@ -157,7 +154,7 @@ def radius_graph_pbc(
             order = order[torch.argsort(c_dst[order], stable=True)]
             c_src, c_dst, c_off, c_d2 = c_src[order], c_dst[order], c_off[order], c_d2[order]
             deg = torch.bincount(c_dst, minlength=n_total)
-            rank = torch.arange(c_dst.shape[0], device=device) - _exclusive_cumsum(deg)[c_dst]
+            rank = torch.arange(c_dst.shape[0], device=device) - exclusive_cumsum(deg)[c_dst]
             sel = rank < max_neighbors
             c_src, c_dst, c_off = c_src[sel], c_dst[sel], c_off[sel]
 

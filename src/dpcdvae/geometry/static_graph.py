@@ -28,6 +28,7 @@ from torch import Tensor
 
 from dpcdvae.geometry.graph import PeriodicGraph, _lex_negative, _shift_vectors, image_offsets
 from dpcdvae.geometry.lattice import frac_to_cart, wrap
+from dpcdvae.ops import exclusive_cumsum
 
 __all__ = ["StaticGraph", "StaticSizes", "static_sizes", "radius_graph_static", "dimenet_triplets_static",
            "round_up"]
@@ -94,10 +95,6 @@ class StaticGraph:
     sizes: StaticSizes
 
 
-def _exclusive_cumsum(x: Tensor) -> Tensor:
-    return torch.cumsum(x, 0) - x
-
-
 def radius_graph_static(frac_coords: Tensor, lattice: Tensor, num_atoms: Tensor, batch: Tensor,
                         atom_mask: Tensor, cutoff: float, max_neighbors: int, sizes: StaticSizes) -> StaticGraph:
     """The reference-window, capped, reference-symmetrised radius graph of a padded batch.
@@ -122,7 +119,7 @@ def radius_graph_static(frac_coords: Tensor, lattice: Tensor, num_atoms: Tensor,
     sink = n - 1
     with torch.no_grad():
         # candidates: target t, source j-th atom of t's crystal, image o -> [N, M, 27]
-        ptr = _exclusive_cumsum(num_atoms)
+        ptr = exclusive_cumsum(num_atoms)
         n_t = num_atoms[batch]
         col = torch.arange(m, device=device)
         tgt = torch.arange(n, device=device)
@@ -197,7 +194,7 @@ def dimenet_triplets_static(sg: StaticGraph, exclude: Literal["edge", "atom"] = 
     device = g.src.device
     e_pad, d, t_pad = g.src.shape[0], sizes.max_degree, sizes.num_triplets
     with torch.no_grad():
-        ptr = _exclusive_cumsum(sg.degree)
+        ptr = exclusive_cumsum(sg.degree)
         r = torch.arange(d, device=device)
         kj = ptr[g.src].unsqueeze(1) + r.unsqueeze(0)  # [E_pad, D]: the edges entering j = src(ji)
         ok = sg.edge_mask.unsqueeze(1) & (r.unsqueeze(0) < sg.degree[g.src].unsqueeze(1))

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from dpcdvae.geometry.graph import PeriodicGraph
+from dpcdvae.ops import exclusive_cumsum
 
 __all__ = ["GemNetTriplets", "gemnet_triplets", "dimenet_triplets"]
 
@@ -34,23 +35,19 @@ class GemNetTriplets:
     kmax: int
 
 
-def _exclusive_cumsum(x: Tensor) -> Tensor:
-    return torch.cumsum(x, 0) - x
-
-
 def _pairs_within_groups(group_of_edge: Tensor, deg: Tensor) -> tuple[Tensor, Tensor]:
     """For every edge e, enumerate all edges entering atom ``group_of_edge[e]``.
 
     Returns (out, inp): out [S] repeats each edge id deg[group] times; inp [S] runs over the edges
     whose target is that group.
     """
-    ptr = _exclusive_cumsum(deg)
+    ptr = exclusive_cumsum(deg)
     counts = deg[group_of_edge]
     total = int(counts.sum())
     edge_ids = torch.arange(group_of_edge.shape[0], device=deg.device)
     out = torch.repeat_interleave(edge_ids, counts, output_size=total)
     k = torch.arange(total, device=deg.device) - torch.repeat_interleave(
-        _exclusive_cumsum(counts), counts, output_size=total
+        exclusive_cumsum(counts), counts, output_size=total
     )
     inp = ptr[group_of_edge[out]] + k
     return out, inp
@@ -64,7 +61,7 @@ def gemnet_triplets(graph: PeriodicGraph) -> GemNetTriplets:
     keep = inp != out
     id_ca, id_ba = out[keep], inp[keep]
     per_edge = torch.bincount(id_ca, minlength=graph.num_edges)
-    slot = torch.arange(id_ca.shape[0], device=id_ca.device) - _exclusive_cumsum(per_edge)[id_ca]
+    slot = torch.arange(id_ca.shape[0], device=id_ca.device) - exclusive_cumsum(per_edge)[id_ca]
     kmax = int(per_edge.max()) if per_edge.numel() else 0
     return GemNetTriplets(id_ba=id_ba, id_ca=id_ca, slot=slot, kmax=max(kmax, 1))
 

@@ -14,7 +14,7 @@ from dpcdvae.nn.gemnet.init import he_orthogonal_
 from dpcdvae.nn.gemnet.layers import Dense, EdgeConcatDense
 from dpcdvae.nn.gemnet.scaling import REFERENCE_SCALES, ScaleFactor, scale_factors
 from dpcdvae.nn.init import reset_after_build, reset_modules
-from dpcdvae.ops import geometry_dtype, segment_count, segment_sum
+from dpcdvae.ops import exclusive_cumsum, geometry_dtype, segment_count, segment_sum
 
 if TYPE_CHECKING:
     from dpcdvae.geometry.graph import PeriodicGraph
@@ -169,7 +169,7 @@ class GemNetT(nn.Module):
             dist = graph.dist.to(gdtype)
             u = vec / dist.unsqueeze(-1)
             rbf = self.radial_basis(dist)  # [E, R]
-            rank = torch.arange(num_edges, device=device) - (torch.cumsum(deg, 0) - deg)[dst]
+            rank = torch.arange(num_edges, device=device) - exclusive_cumsum(deg)[dst]
             if edge_mask is None:
                 if num_edges > 0:
                     torch._assert_async((rank < width).all(), "GemNetT: padded width < max in-degree")
