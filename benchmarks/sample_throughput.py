@@ -64,15 +64,22 @@ def main() -> None:
         static = StaticSampling(atom_multiple=args.atom_multiple, edge_factor=args.edge_factor,
                                 max_degree=args.max_degree, cuda_graphs=args.cuda_graphs)
     warmup_s = None
+    score = model.schedule is None  # CDVAE score process: fixed Langevin schedule of network_calls() calls
+    full_calls = model.process.network_calls() if score else model.schedule.num_steps - 1
+    if args.warmup_steps and score:  # one Langevin step per level: every level's shapes are the same
+        model.process.steps_per_level = 1
     if args.warmup_steps:
         t0 = time.perf_counter()
         with torch.no_grad(), torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
             model.decode(torch.randn(args.n, model.latent_dim, device=dev), sampler=args.sampler,
-                         steps=args.warmup_steps, num_atoms=counts, static=static)
+                         steps=None if score else args.warmup_steps, num_atoms=counts, static=static)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         warmup_s = round(time.perf_counter() - t0, 2)
     for steps in args.steps:
+        if score:  # time `steps` calls (steps_per_level = steps / levels) and extrapolate to the full chain
+            model.process.steps_per_level = max(1, round(steps / model.process._num_levels))
+            steps = model.process.network_calls()
         calls0 = (static.calls, static.fallbacks) if static is not None else (0, 0)
         z = torch.randn(args.n, model.latent_dim, device=dev)
         g = torch.Generator(device=dev).manual_seed(0)
@@ -81,7 +88,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         with torch.no_grad(), torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            out = model.decode(z, sampler=args.sampler, steps=None if steps >= model.schedule.num_steps - 1 else steps,
+            out = model.decode(z, sampler=args.sampler, steps=None if score or steps >= full_calls else steps,
                                generator=g, num_atoms=counts, static=static)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -91,6 +98,8 @@ def main() -> None:
             "sampler": args.sampler, "precision": args.precision, "seconds": round(dt, 2),
             "crystals_per_s": round(args.n / dt, 1),
             "est_10240_minutes": round(10240 / (args.n / dt) / 60, 2),
+            "full_chain_calls": full_calls,
+            "est_10240_full_chain_minutes": round(10240 / (args.n / dt) / 60 * full_calls / steps, 2),
             "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
             "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
             "static_shapes": static is not None, "cuda_graphs": args.cuda_graphs, "warmup_s": warmup_s,
