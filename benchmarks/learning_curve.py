@@ -102,7 +102,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     recon_queue: list[tuple[str, Path]] = []
 
     def start_recons(name: str) -> None:
-        for w in _weights(out / name):
+        if args.gen_n and (name, None) not in recon_queue and args.gen_first:
+            recon_queue.append((name, None))
+        for w in ([] if args.no_recon else _weights(out / name)):
             if (name, w) not in recon_queue:
                 recon_queue.append((name, w))
         if args.gen_n and (name, None) not in recon_queue:
@@ -243,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--margin-minutes", type=float, default=0.6, help="start-up/save time kept free")
     r.add_argument("--recon-batch-size", type=int, default=1300)
     r.add_argument("--gen-n", type=int, default=0, help="also generate N crystals with each finished model.pt")
+    r.add_argument("--gen-first", action="store_true", help="generate before reconstructing")
+    r.add_argument("--no-recon", action="store_true", help="train (and generate) only")
     r.add_argument("--recon-limit", type=int, default=None, help="crystals reconstructed with the primary weights")
     r.add_argument("--primary-weights", nargs="+", default=["raw", "model"],
                    help="weights reconstructed on the whole split (or --recon-limit)")
