@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py --cache-dir .cache --preset perov_5 [--steps 3] [--batch-size 512]
         [--static-shapes [--cuda-graphs]]   # the padded step of train.static_shapes / train.cuda_graphs
+        [--device cpu]                      # the same ops on the CPU (sorted by self CPU time)
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ def main() -> None:
     ap.add_argument("--static-shapes", action="store_true", help="the padded, host-sync-free step")
     ap.add_argument("--cuda-graphs", action="store_true", help="with --static-shapes: reduce-overhead compile")
     ap.add_argument("--warmup", type=int, default=3, help="steps before profiling (compiles / captures)")
+    ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
     cfg = load_config(args.preset)
     ds = load_split(args.cache_dir, cfg["data"]["dataset"], cfg["data"]["train_split"]).to(dev)
     model = build_model(cfg, load_scalers(args.cache_dir, cfg["data"]["dataset"])).to(dev)
@@ -41,7 +44,7 @@ def main() -> None:
 
     def step(i: int) -> None:
         batch = ds.batch(torch.randint(len(ds), (bs,)))
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             if static is not None:
                 out, _ = static(batch, teacher_forcing=i % 2 == 0, coord_multiplier=1.0)
             else:
@@ -52,15 +55,20 @@ def main() -> None:
 
     for i in range(args.warmup):
         step(i)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=False) as prof:
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts, record_shapes=False) as prof:
         for i in range(args.steps):
             with torch.profiler.record_function(f"step{i}"):
                 step(i)
-        torch.cuda.synchronize()
+        sync()
     ka = prof.key_averages()
-    print(ka.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
-    print(ka.table(sort_by="cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+    if cuda:
+        print(ka.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
+        print(ka.table(sort_by="cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+    else:
+        print(ka.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
     launches = sum(e.count for e in ka if e.key.startswith(("cudaLaunch", "cuLaunch", "cudaGraphLaunch")))
     print(f"kernel / graph launches per step: {launches / args.steps:.0f}"
           + (f"; buckets {dict(static.buckets)}, fallbacks {static.fallbacks}" if static is not None else ""))

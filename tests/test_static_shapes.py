@@ -171,6 +171,64 @@ def test_overflow_is_detected_and_the_step_falls_back_to_eager():
     assert sizes.num_edges % 64 == 0 and sizes.num_edges >= 1.1 * 80 * 8 and sizes.max_degree == 16
 
 
+def _failing_compile(record, fail_options):
+    """A stand-in for StaticStep._compile whose compiled functions raise a compile error for the
+    option sets in ``fail_options`` (None = the reduce-overhead compile) and run eagerly otherwise."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def fake(self, options):
+        record.append(options)
+        if options in fail_options:
+            def fn(*tensors):
+                raise BackendCompilerFailed(None, RuntimeError("PassManager::run failed"), None)
+            return fn
+        return self._flat
+    return fake
+
+
+def test_a_failed_compile_is_retried_without_persistent_reductions(monkeypatch):
+    from dpcdvae.training.static_step import COMPILE_RETRIES
+
+    b = random_batch(6, 3)
+    model = tiny_model(b)
+    record = []
+    monkeypatch.setattr(StaticStep, "_compile", _failing_compile(record, [None]))
+    step = StaticStep(model, atom_multiple=16, cuda_graphs=True)
+    with pytest.warns(RuntimeWarning, match="compiling again"):
+        out, nonfinite = step(b, teacher_forcing=True, coord_multiplier=1.0)
+    assert record == [None, COMPILE_RETRIES[0]] and len(step.compile_failures) == 1
+    assert "PassManager::run failed" in step.compile_failures[0]
+    assert not nonfinite and torch.isfinite(out["loss"]) and step.fallbacks == 0
+    out2, _ = step(b, teacher_forcing=False, coord_multiplier=1.0)  # the retried compile stays
+    assert record == [None, COMPILE_RETRIES[0]] and torch.isfinite(out2["loss"])
+
+
+def test_when_every_compile_fails_training_goes_on_with_the_eager_step(monkeypatch):
+    from dpcdvae.training.static_step import COMPILE_RETRIES
+
+    b = random_batch(6, 4)
+    model = tiny_model(b)
+    monkeypatch.setattr(StaticStep, "_compile", _failing_compile([], [None, *COMPILE_RETRIES]))
+    step = StaticStep(model, atom_multiple=16, cuda_graphs=True)
+    eager_losses = []
+    hook = model.register_forward_hook(lambda m, i, o: eager_losses.append(o["loss"]))
+    with pytest.warns(RuntimeWarning, match="eager step"):
+        out, nonfinite = step(b, teacher_forcing=True, coord_multiplier=1.0)
+    out2, _ = step(b, teacher_forcing=True, coord_multiplier=1.0)
+    hook.remove()
+    assert len(step.compile_failures) == 1 + len(COMPILE_RETRIES) and step._fn is None
+    assert len(eager_losses) == 2 and out["loss"] is eager_losses[0] and out2["loss"] is eager_losses[1]
+    assert not nonfinite
+
+
+def test_an_error_that_is_not_a_compile_error_is_raised(monkeypatch):
+    b = random_batch(4, 5)
+    step = StaticStep(tiny_model(b), atom_multiple=16, cuda_graphs=True)
+    monkeypatch.setattr(step, "_fn", lambda *t: (_ for _ in ()).throw(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):
+        step(b, teacher_forcing=True, coord_multiplier=1.0)
+
+
 class _OpRecorder:
     """A dispatch mode that records the names of the ATen ops it sees."""
 

@@ -12,10 +12,17 @@ forward (and, through AOTAutograd, the backward) is compiled with ``torch.compil
 A batch whose graphs do not fit the fixed sizes (``overflow``; see
 :mod:`dpcdvae.geometry.static_graph`) is recomputed by the eager forward, so the losses are always
 those of the eager step; :attr:`StaticStep.fallbacks` counts these batches.
+
+A compile that fails (on the H200 with torch 2.11, Triton rejected one fused log-softmax / NLL
+persistent-reduction kernel of the perov_5 step: ``PassManager::run failed``) does not end the run:
+the step is compiled again without persistent reductions, and if that fails too, training goes on
+with the plain eager step (the padded step without CUDA graphs is slower than the eager one), with one
+warning each; :attr:`StaticStep.compile_failures` keeps the first and last line of every error.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
 import torch
@@ -26,7 +33,22 @@ from dpcdvae.data.padding import PaddedBatch, atom_bucket, pad_batch
 from dpcdvae.models.dpcdvae import DPCDVAE
 from dpcdvae.models.static import StepNoise, check_static_support, draw_step_noise, static_forward
 
-__all__ = ["StaticStep"]
+__all__ = ["StaticStep", "COMPILE_RETRIES"]
+
+# inductor options of the compile retried after a failed one (``triton.cudagraphs`` is what
+# mode="reduce-overhead" sets; mode and options cannot be given together)
+COMPILE_RETRIES: tuple[dict, ...] = ({"triton.cudagraphs": True, "triton.persistent_reductions": False},)
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """The exception types of a failed torch.compile (those this torch version has)."""
+    found = []
+    for mod, name in (("torch._dynamo.exc", "BackendCompilerFailed"), ("torch._inductor.exc", "InductorError")):
+        try:
+            found.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
 
 _FIELDS = ("frac_coords", "atom_types", "num_atoms", "lengths", "angles", "batch", "atom_mask", "crystal_mask")
 _NOISE = ("eps_z", "t", "s", "eps", "type_exp")
@@ -59,6 +81,8 @@ class StaticStep:
         self.max_atoms = None if max_atoms is None else int(max_atoms)
         self.buckets: Counter[int] = Counter()  # N_pad -> steps
         self.fallbacks = 0
+        self.compile_failures: list[str] = []
+        self._retries = list(COMPILE_RETRIES)
         # per-step scalars on the device (filled by a kernel, never copied from the host)
         self._mult: Tensor | None = None
         self._teacher: Tensor | None = None
@@ -69,7 +93,28 @@ class StaticStep:
             for name in ("recompile_limit", "cache_size_limit"):
                 if hasattr(cfg, name):
                     setattr(cfg, name, max(int(getattr(cfg, name)), 64))
-            self._fn = torch.compile(self._flat, mode="reduce-overhead", dynamic=False)
+            self._fn = self._compile(None)
+
+    def _compile(self, options: dict | None):
+        """``torch.compile`` of :meth:`_flat`: reduce-overhead mode, or these inductor ``options``."""
+        if options is None:
+            return torch.compile(self._flat, mode="reduce-overhead", dynamic=False)
+        return torch.compile(self._flat, dynamic=False, options=dict(options))
+
+    def _compile_failed(self, exc: BaseException) -> None:
+        """Record a failed compile and switch to the next retry, or to the plain eager step."""
+        lines = [x.strip() for x in str(exc).splitlines() if x.strip()] or [type(exc).__name__]
+        line = (lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}")[:400]  # the cause is often last
+        self.compile_failures.append(f"{type(exc).__name__}: {line}")
+        if self._retries:
+            opts = self._retries.pop(0)
+            warnings.warn(f"train.cuda_graphs: the step's compile failed ({line}); compiling again with {opts}",
+                          RuntimeWarning, stacklevel=3)
+            self._fn = self._compile(opts)
+        else:
+            warnings.warn(f"train.cuda_graphs: the step's compile failed again ({line}); training goes on with "
+                          "the eager step", RuntimeWarning, stacklevel=3)
+            self._fn = None
 
     @classmethod
     def from_config(cls, model: DPCDVAE, tcfg: dict, max_atoms: int | None = None) -> "StaticStep":
@@ -113,8 +158,19 @@ class StaticStep:
     def __call__(self, batch: CrystalBatch, teacher_forcing: bool,
                  coord_multiplier: float) -> tuple[dict[str, Tensor], bool]:
         """The step's losses and whether the loss is non-finite (one host sync for both checks): the
-        padded losses, or the eager forward's when the padded graphs overflow."""
-        out = self.losses(batch, teacher_forcing, coord_multiplier)
+        padded losses, or the eager forward's when the padded graphs overflow (or when every compile
+        of the step failed)."""
+        out = None
+        while self._fn is not None and out is None:
+            try:
+                out = self.losses(batch, teacher_forcing, coord_multiplier)
+            except _compile_errors() as exc:
+                if not self.cuda_graphs:
+                    raise
+                self._compile_failed(exc)
+        if out is None:
+            out = self.model(batch, teacher_forcing=teacher_forcing, coord_multiplier=coord_multiplier)
+            return out, not bool(torch.isfinite(out["loss"]))
         overflow = out.pop("overflow")
         nonfinite, over = torch.stack([~torch.isfinite(out["loss"]), overflow]).tolist()
         if over:
