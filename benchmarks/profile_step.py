@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--cuda-graphs", action="store_true", help="with --static-shapes: reduce-overhead compile")
     ap.add_argument("--warmup", type=int, default=3, help="steps before profiling (compiles / captures)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--shapes", action="store_true", help="also group the top ops by input shape")
     args = ap.parse_args()
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
@@ -58,7 +59,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts, record_shapes=False) as prof:
+    with profile(activities=acts, record_shapes=args.shapes) as prof:
         for i in range(args.steps):
             with torch.profiler.record_function(f"step{i}"):
                 step(i)
@@ -69,6 +70,10 @@ def main() -> None:
         print(ka.table(sort_by="cpu_time_total", row_limit=args.rows, max_name_column_width=60))
     else:
         print(ka.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+    if args.shapes:
+        by_shape = prof.key_averages(group_by_input_shape=True)
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        print(by_shape.table(sort_by=key, row_limit=args.rows, max_name_column_width=40, max_shapes_column_width=90))
     launches = sum(e.count for e in ka if e.key.startswith(("cudaLaunch", "cuLaunch", "cudaGraphLaunch")))
     print(f"kernel / graph launches per step: {launches / args.steps:.0f}"
           + (f"; buckets {dict(static.buckets)}, fallbacks {static.fallbacks}" if static is not None else ""))
