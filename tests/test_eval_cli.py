@@ -86,6 +86,21 @@ def test_recon_of_the_ground_truth(tiny_source, gt_samples, tmp_path):
     assert "index" in res["input"]["pairing"]
 
 
+def test_recon_rows_below_scores_the_same_first_rows(tiny_source, gt_samples, tmp_path, capsys):
+    """--rows-below 3: only the predictions of rows 0..2, against those 3 rows (match rate of a subset)."""
+    out = tmp_path / "recon3.json"
+    base = ["evaluate", "recon", "--pred", str(gt_samples), "--dataset", "perov_5", "--source", str(tiny_source),
+            "--workers", "1", "--no-progress", "--no-report"]
+    assert main(base + ["--out", str(out), "--rows-below", "3"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_gt"] == 3 and res["n_pred"] == 3 and res["ground_truth"]["rows_below"] == 3
+    assert res["match_rate"] == pytest.approx(res["validity"]["n_valid"] / 3)
+    assert "rows < 3" in res["input"]["pairing"] and "warnings" not in res
+    for bad in ("0", "7"):
+        rc = main(base + ["--out", str(tmp_path / f"bad{bad}.json"), "--rows-below", bad])
+        _one_line_error(rc, capsys.readouterr().err, "--rows-below must be in 1..6")
+
+
 def test_cli_errors_are_one_line(tiny_source, tmp_path, capsys):
     rc = main(["evaluate", "gen", "--samples", str(tmp_path / "nope"), "--dataset", "perov_5",
                "--source", str(tiny_source), "--out", str(tmp_path / "x.json"), "--workers", "1"])

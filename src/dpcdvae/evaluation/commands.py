@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(r)
     r.add_argument("--no-fp-check", action="store_true",
                    help="skip CDVAE's fingerprint-failure validity check (faster; a deviation)")
+    r.add_argument("--rows-below", type=int, default=None, metavar="N",
+                   help="score only the predictions of ground-truth rows < N, against those N rows "
+                        "(compare with a run that reconstructed only the first N)")
     r.add_argument("--cache-dir", default=None,
                    help="cache root holding a custom dataset's record (default: $DPCDVAE_CACHE or ~/.cache/dpcdvae)")
     r.set_defaults(func=_recon)
@@ -128,7 +131,8 @@ def _recon(args: argparse.Namespace) -> int:
     from dpcdvae.evaluation.recon import evaluate_recon
 
     common = _common_kwargs(args)
-    res = evaluate_recon(Path(args.pred), args.dataset, fp_check=not args.no_fp_check, **common)
+    res = evaluate_recon(Path(args.pred), args.dataset, fp_check=not args.no_fp_check, rows_below=args.rows_below,
+                         **common)
     print(f"match_rate {res['match_rate']:.4f}  rms_dist {res['rms_dist'] if res['rms_dist'] is None else round(res['rms_dist'], 4)}"
           f"  valid {res['validity']['valid']:.4f}  ({res['n_pred']} predictions, {res['n_gt']} ground truth) "
           f"-> {args.out}")

@@ -25,7 +25,8 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
                    out: Path | None = None, report_dir: Path | None = None, workers: int | None = None,
                    fp_check: bool = True, oxidation_states: str = "smact14", pauling_missing: str = "pass",
                    stol: float = 0.5, angle_tol: float = 10.0, ltol: float = 0.3,
-                   progress: bool = True, cache_dir: Path | str | None = None) -> dict[str, Any]:
+                   progress: bool = True, cache_dir: Path | str | None = None,
+                   rows_below: int | None = None) -> dict[str, Any]:
     """Reconstruction metrics of the predictions in ``pred`` against ``<source>/<dataset>/<split>``
     (a custom dataset: the split CSV of its record in ``cache_dir``, ``dpcdvae.data.source.dataset_split_csv``).
 
@@ -35,6 +36,8 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
             rows 0, 1, ...; reported in ``pairing``).
         fp_check: also count a prediction invalid when its fingerprints fail (CDVAE's ``Crystal``);
             off skips the CrystalNN cost (then reported as a deviation).
+        rows_below: score only the predictions of ground-truth rows < N, against those N rows (so two
+            runs of which one reconstructed only the first N crystals compare on the same crystals).
     Returns: the metrics dict (also written to ``out``).
     """
     import pandas as pd
@@ -62,8 +65,15 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
     else:
         index = np.arange(len(loaded.items), dtype=np.int64)
         pairing = f"input order ({loaded.note}) -> CSV rows 0..{len(index) - 1}"
+    if rows_below is not None:
+        if not 1 <= int(rows_below) <= n_gt:
+            raise ValueError(f"--rows-below must be in 1..{n_gt} (the {split} split's rows), got {rows_below}")
+        keep = index < int(rows_below)
+        loaded.items = [it for it, k in zip(loaded.items, keep) if k]
+        index, n_gt = index[keep], int(rows_below)
+        pairing += f"; only ground-truth rows < {n_gt}"
     if index.size == 0:
-        raise ValueError(f"{pred}: no predictions")
+        raise ValueError(f"{pred}: no predictions" + ("" if rows_below is None else f" of rows < {rows_below}"))
     if index.min() < 0 or index.max() >= n_gt:
         raise ValueError(f"prediction index out of range: rows {index.min()}..{index.max()} but the {split} split "
                          f"has {n_gt} rows")
@@ -91,7 +101,7 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "input": {"path": str(pred), "kind": loaded.kind, "note": loaded.note, "meta": loaded.meta,
                   "pairing": pairing},
-        "ground_truth": {"split": split, "csv": str(gt_csv), "n": n_gt},
+        "ground_truth": {"split": split, "csv": str(gt_csv), "n": n_gt, "rows_below": rows_below},
         "settings": {"stol": stol, "angle_tol": angle_tol, "ltol": ltol, "fingerprint_validity": fp_check,
                      "oxidation_states": oxidation_states, "pauling_missing_electronegativity": pauling_missing,
                      "versions": library_versions(), "code": code_provenance()},
