@@ -6,7 +6,8 @@ Reads, per model folder, ``train_summary.json`` (budget, epochs, card), ``recon_
 (``dpcdvae evaluate recon``), ``gen*_metrics.json`` (``dpcdvae evaluate gen``) and ``ground_state.json``
 (``dpcdvae evaluate ground-state``), and prints Markdown: Table III (ground state at 10 GPa, CHGNet)
 in the paper's layout beside the paper's DFT numbers (docs/REFERENCE.md; CDVAE + Fourier from issue 10),
-then Tables I and II. Missing files print as "-". Not a test.
+with bootstrap intervals of ΔE_rms and <δrms> from each model's ``results.jsonl``, then Tables I and II.
+Missing files print as "-". Not a test.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
 
 LABELS = {"dime": "DP-CDVAE", "cdvae": "CDVAE", "cdvae_fourier": "CDVAE + Fourier"}
 # paper, Table III (DFT, 100 generated structures, 10 GPa, 0 K): match %, <δrms>, ΔV_rms Å^3/atom, ΔE_rms meV/atom
@@ -51,18 +54,62 @@ def table3(root: Path, models: list[str]) -> list[str]:
     return rows
 
 
+def _records(root: Path, m: str) -> list[dict]:
+    path = root / m / "results.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def _stats(recs: list[dict]) -> dict[str, np.ndarray]:
+    ok = [r for r in recs if r["status"] == "converged"]
+    return {"de": np.array([(r["energy_initial"] - r["energy_final"]) * 1000.0 for r in ok]),
+            "dv": np.array([r["volume_final"] - r["volume_initial"] for r in ok]),
+            "rms": np.array([r["rms"] if r.get("matched") else np.nan for r in ok])}
+
+
+def _boot(x: np.ndarray, fn, rng: np.random.Generator, n: int = 10000) -> tuple[float, float]:
+    idx = rng.integers(0, len(x), size=(n, len(x)))
+    vals = np.array([fn(x[i]) for i in idx])
+    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+
+
+def uncertainty(root: Path, models: list[str], ref: str = "dime", seed: int = 0) -> list[str]:
+    """Bootstrap 95 % intervals (10,000 resamples of the converged structures, seed 0) of ΔE_rms and
+    <δrms> per model, and of the difference model - ``ref`` (independent samples: unpaired)."""
+    rng = np.random.default_rng(seed)
+    de_rms = lambda x: float(np.sqrt(np.mean(x ** 2)))  # noqa: E731
+    rms_mean = lambda x: float(np.nanmean(x)) if np.isfinite(x).any() else np.nan  # noqa: E731
+    st = {m: _stats(_records(root, m)) for m in models}
+    st = {m: v for m, v in st.items() if v["de"].size}
+    rows = ["| model | ΔE_rms (meV/atom), 95 % CI | <δrms>, 95 % CI | ΔE_rms - DP-CDVAE's, 95 % CI |", "|" + " --- |" * 4]
+    for m, v in st.items():
+        lo, hi = _boot(v["de"], de_rms, rng)
+        rlo, rhi = _boot(v["rms"], rms_mean, rng)
+        diff = "-"
+        if m != ref and ref in st:
+            a, b = v["de"], st[ref]["de"]
+            ia, ib = rng.integers(0, len(a), (10000, len(a))), rng.integers(0, len(b), (10000, len(b)))
+            d = np.sqrt((a[ia] ** 2).mean(1)) - np.sqrt((b[ib] ** 2).mean(1))
+            diff = f"{de_rms(a) - de_rms(b):+.1f} [{np.percentile(d, 2.5):+.1f}, {np.percentile(d, 97.5):+.1f}]"
+        rows.append(f"| {LABELS.get(m, m)} | {de_rms(v['de']):.1f} [{lo:.1f}, {hi:.1f}] | "
+                    f"{rms_mean(v['rms']):.4f} [{rlo:.4f}, {rhi:.4f}] | {diff} |")
+    return rows
+
+
 def table1(root: Path, models: list[str]) -> list[str]:
-    rows = ["| model | trained (card) | epochs | test crystals | match % | RMS | valid % | paper match % / RMS |",
+    rows = ["| model | trained (card) | epochs | test crystals (file) | match % | RMS | valid % | paper match % / RMS |",
             "|" + " --- |" * 8]
     for m in models:
-        s, r = _load(root / m / "train_summary.json"), _load(root / m / "recon_metrics.json")
+        s = _load(root / m / "train_summary.json")
         trained = f"{s['trained_minutes_total']:.1f} min ({s.get('device_name', '?')})" if s else "-"
+        epochs = s["epochs"] if s else "-"
         paper = " / ".join(str(x) for x in PAPER_T1[m]) if m in PAPER_T1 else "-"
-        if r is None:
-            rows.append(f"| {LABELS.get(m, m)} | {trained} | {s['epochs'] if s else '-'} | - | - | - | - | {paper} |")
-            continue
-        rows.append(f"| {LABELS.get(m, m)} | {trained} | {s['epochs'] if s else '-'} | {r['n_gt']} | "
-                    f"{_pct(r['match_rate'])} | {_f(r['rms_dist'], '.4f')} | {_pct(r['validity']['valid'])} | {paper} |")
+        for path in sorted((root / m).glob("recon*_metrics.json")):
+            r = _load(path)
+            # a run that reconstructed only the first N rows: its rate over those N (match_rate_over_predicted)
+            n, rate = r["n_gt_predicted"], r["match_rate_over_predicted"]
+            first = "first " if r["ground_truth"].get("rows_below") or n < r["n_gt"] else ""
+            rows.append(f"| {LABELS.get(m, m)} | {trained} | {epochs} | {first}{n} ({path.name}) | {_pct(rate)} | "
+                        f"{_f(r['rms_dist'], '.4f')} | {_pct(r['validity']['valid'])} | {paper} |")
     return rows
 
 
@@ -86,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     root = Path(args.results)
     for title, rows in (("Table III: ground state at 10 GPa", table3(root, args.models)),
+                        ("Table III, uncertainty (bootstrap)", uncertainty(root, args.models)),
                         ("Table I: reconstruction of the test split", table1(root, args.models)),
                         ("Table II: generation", table2(root, args.models))):
         print(f"### {title}\n")
