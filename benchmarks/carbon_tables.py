@@ -62,13 +62,16 @@ def _records(root: Path, m: str) -> list[dict]:
 def _stats(recs: list[dict]) -> dict[str, np.ndarray]:
     ok = [r for r in recs if r["status"] == "converged"]
     return {"de": np.array([(r["energy_initial"] - r["energy_final"]) * 1000.0 for r in ok]),
-            "dv": np.array([r["volume_final"] - r["volume_initial"] for r in ok]),
             "rms": np.array([r["rms"] if r.get("matched") else np.nan for r in ok])}
 
 
-def _boot(x: np.ndarray, fn, rng: np.random.Generator, n: int = 10000) -> tuple[float, float]:
-    idx = rng.integers(0, len(x), size=(n, len(x)))
-    vals = np.array([fn(x[i]) for i in idx])
+def _resample(x: np.ndarray, rng: np.random.Generator, n: int = 10000) -> np.ndarray:
+    """[n, len(x)]: n bootstrap resamples of x."""
+    return x[rng.integers(0, len(x), size=(n, len(x)))]
+
+
+def _boot(x: np.ndarray, fn, rng: np.random.Generator) -> tuple[float, float]:
+    vals = np.array([fn(row) for row in _resample(x, rng)])
     return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
 
 
@@ -87,12 +90,18 @@ def uncertainty(root: Path, models: list[str], ref: str = "dime", seed: int = 0)
         diff = "-"
         if m != ref and ref in st:
             a, b = v["de"], st[ref]["de"]
-            ia, ib = rng.integers(0, len(a), (10000, len(a))), rng.integers(0, len(b), (10000, len(b)))
-            d = np.sqrt((a[ia] ** 2).mean(1)) - np.sqrt((b[ib] ** 2).mean(1))
+            ra, rb = _resample(a, rng), _resample(b, rng)
+            d = np.sqrt((ra ** 2).mean(1)) - np.sqrt((rb ** 2).mean(1))
             diff = f"{de_rms(a) - de_rms(b):+.1f} [{np.percentile(d, 2.5):+.1f}, {np.percentile(d, 97.5):+.1f}]"
         rows.append(f"| {LABELS.get(m, m)} | {de_rms(v['de']):.1f} [{lo:.1f}, {hi:.1f}] | "
                     f"{rms_mean(v['rms']):.4f} [{rlo:.4f}, {rhi:.4f}] | {diff} |")
     return rows
+
+
+def _metric_files(root: Path, m: str, pattern: str):
+    """(path, metrics dict) of every ``pattern`` file of model ``m``, sorted by name."""
+    for path in sorted((root / m).glob(pattern)):
+        yield path, _load(path)
 
 
 def table1(root: Path, models: list[str]) -> list[str]:
@@ -103,8 +112,7 @@ def table1(root: Path, models: list[str]) -> list[str]:
         trained = f"{s['trained_minutes_total']:.1f} min ({s.get('device_name', '?')})" if s else "-"
         epochs = s["epochs"] if s else "-"
         paper = " / ".join(str(x) for x in PAPER_T1[m]) if m in PAPER_T1 else "-"
-        for path in sorted((root / m).glob("recon*_metrics.json")):
-            r = _load(path)
+        for path, r in _metric_files(root, m, "recon*_metrics.json"):
             # a run that reconstructed only the first N rows: its rate over those N (match_rate_over_predicted)
             n, rate = r["n_gt_predicted"], r["match_rate_over_predicted"]
             first = "first " if r["ground_truth"].get("rows_below") or n < r["n_gt"] else ""
@@ -117,8 +125,7 @@ def table2(root: Path, models: list[str]) -> list[str]:
     rows = ["| model | samples | struct valid % | COV-R % | COV-P % | W(ρ) | W(E) | paper (valid / comp / COV-R / COV-P / W(ρ) / W(E)) |",
             "|" + " --- |" * 8]
     for m in models:
-        for path in sorted((root / m).glob("gen*_metrics.json")):
-            g = _load(path)
+        for path, g in _metric_files(root, m, "gen*_metrics.json"):
             v, c, w = g["validity"], g["coverage"], g["wdist"]
             rows.append(f"| {LABELS.get(m, m)} | {v['n_total']} ({path.name}) | {_pct(v['struct_valid'])} | "
                         f"{_pct(c['cov_recall'])} | {_pct(c['cov_precision'])} | {_f(w.get('wdist_density'), '.4f')} | "

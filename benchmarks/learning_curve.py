@@ -102,13 +102,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     recon_queue: list[tuple[str, Path]] = []
 
     def start_recons(name: str) -> None:
-        if args.gen_n and (name, None) not in recon_queue and args.gen_first:
-            recon_queue.append((name, None))
-        for w in ([] if args.no_recon else _weights(out / name)):
-            if (name, w) not in recon_queue:
-                recon_queue.append((name, w))
-        if args.gen_n and (name, None) not in recon_queue:
-            recon_queue.append((name, None))  # None: generate --gen-n crystals with model.pt
+        gen = [(name, None)] if args.gen_n else []  # None: generate --gen-n crystals with model.pt
+        recons = [] if args.no_recon else [(name, w) for w in _weights(out / name)]
+        for item in (gen + recons if args.gen_first else recons + gen):
+            if item not in recon_queue:
+                recon_queue.append(item)
 
     def launch_recons() -> None:
         while recon_queue and sum(k.startswith("recon:") for k in procs) < args.max_recon_procs:

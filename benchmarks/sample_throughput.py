@@ -66,6 +66,7 @@ def main() -> None:
     warmup_s = None
     score = model.schedule is None  # CDVAE score process: fixed Langevin schedule of network_calls() calls
     full_calls = model.process.network_calls() if score else model.schedule.num_steps - 1
+    levels = full_calls // model.process.steps_per_level if score else None
     if args.warmup_steps and score:  # one Langevin step per level: every level's shapes are the same
         model.process.steps_per_level = 1
     if args.warmup_steps:
@@ -78,7 +79,7 @@ def main() -> None:
         warmup_s = round(time.perf_counter() - t0, 2)
     for steps in args.steps:
         if score:  # time `steps` calls (steps_per_level = steps / levels) and extrapolate to the full chain
-            model.process.steps_per_level = max(1, round(steps / model.process._num_levels))
+            model.process.steps_per_level = max(1, round(steps / levels))
             steps = model.process.network_calls()
         calls0 = (static.calls, static.fallbacks) if static is not None else (0, 0)
         z = torch.randn(args.n, model.latent_dim, device=dev)
