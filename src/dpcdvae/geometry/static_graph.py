@@ -184,7 +184,9 @@ def dimenet_triplets_static(sg: StaticGraph, exclude: Literal["edge", "atom"] = 
 
     The real triplets come first, in the order of :func:`~dpcdvae.geometry.triplets.dimenet_triplets`
     (``idx_ji`` ascending, then the in-edges of j in edge order); the rest are sink triplets with
-    ``idx_kj = idx_ji = E_pad - 1`` (a sink edge), which only write into that sink edge.
+    ``idx_kj = idx_ji`` = a sink edge, which only write into that sink edge. Sink triplet p (counted
+    from the first) uses sink edge ``E + p mod (E_pad - E)``: spread over all sink edges, so that no
+    edge row takes ~10^5 atomic adds (or, for ``x[idx]`` gathers, one serial backward sum).
 
     Returns:
         idx_kj [T_pad], idx_ji [T_pad], trip_mask [T_pad] bool, overflow (0-d bool: more real
@@ -210,11 +212,13 @@ def dimenet_triplets_static(sg: StaticGraph, exclude: Literal["edge", "atom"] = 
         pos = torch.cumsum(ok.long(), 0) - 1
         dest = torch.where(ok & (pos < t_pad), pos, t_pad)
         sink_edge = e_pad - 1
-        idx_kj = torch.full((t_pad + 1,), sink_edge, dtype=torch.long, device=device)
-        idx_ji = torch.full((t_pad + 1,), sink_edge, dtype=torch.long, device=device)
-        idx_kj = idx_kj.scatter(0, dest, torch.where(ok, kj.reshape(-1), sink_edge))[:t_pad]
-        idx_ji = idx_ji.scatter(0, dest, torch.where(ok, ji.reshape(-1), sink_edge))[:t_pad]
         count = ok.sum()
+        n_edges = sg.edge_mask.sum()  # real edges; the sink edges are E .. E_pad - 1 (at least one)
+        slots = torch.arange(t_pad + 1, device=device)
+        spread = n_edges + torch.remainder(slots - count, (e_pad - n_edges).clamp(min=1))
+        spread = torch.where(spread < e_pad, spread, sink_edge)  # only when the edges overflowed
+        idx_kj = spread.scatter(0, dest, torch.where(ok, kj.reshape(-1), sink_edge))[:t_pad]
+        idx_ji = spread.scatter(0, dest, torch.where(ok, ji.reshape(-1), sink_edge))[:t_pad]
         trip_mask = torch.arange(t_pad, device=device) < count
         overflow = count > t_pad
     return idx_kj, idx_ji, trip_mask, overflow

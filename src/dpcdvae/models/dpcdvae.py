@@ -138,7 +138,7 @@ class DPCDVAE(nn.Module):
 
     def composition_logits(self, z: Tensor, batch: Tensor) -> Tensor:
         """Per-atom composition logits A_z: [B, D], [N] -> [N, num_types]."""
-        return self.composition_head(z[batch]).float()
+        return self.composition_head(z.index_select(0, batch)).float()
 
     def lattice_target(self, batch: CrystalBatch) -> Tensor:
         feats = lattice_features(batch.lengths, batch.angles, batch.num_atoms)

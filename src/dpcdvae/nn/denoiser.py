@@ -165,11 +165,11 @@ class DPDenoiser(nn.Module):
         """Conditioned atom features h [N, A] (before GemNet)."""
         h0 = self.atom_emb(atom_types - 1)
         dtype = h0.dtype
-        parts = [h0, z[batch].to(dtype)]
+        parts = [h0, z.index_select(0, batch).to(dtype)]
         if self.conditioning == "dpcdvae":
             assert self.time_emb is not None
             tau = self.time_emb(t.to(torch.float32) / float(num_steps))
-            parts.append(tau[batch].to(dtype))
+            parts.append(tau.index_select(0, batch).to(dtype))
         if self.fourier:
             parts.append(fourier_features(frac_coords, self.fourier_min, self.fourier_max).to(dtype))
         return self.cond(torch.cat(parts, dim=-1))

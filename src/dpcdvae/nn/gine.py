@@ -61,7 +61,7 @@ class GINELayer(nn.Module):
 
     def forward(self, x: Tensor, src: Tensor, dst: Tensor, edge_attr: Tensor) -> Tensor:
         """x [N, C], src [E], dst [E], edge_attr [E, C] -> [N, C]."""
-        msg = _ACTS[self.message_act](x[src] + edge_attr)
+        msg = _ACTS[self.message_act](x.index_select(0, src) + edge_attr)
         agg = segment_sum(msg, dst, x.shape[0], fp32=True)
         return self.mlp(agg + (1.0 + self.eps) * x.to(agg.dtype))
 

@@ -152,8 +152,10 @@ class EMACallback(pl.Callback):
 
 
 class Throughput(pl.Callback):
-    """Crystals per second of training steps (data loading included), after ``warmup`` steps, and peak
-    GPU memory."""
+    """Crystals per second of training steps (data loading and validation included), after ``warmup``
+    steps, and peak GPU memory. ``crystals_per_s_second_half`` is the rate over the second half of the
+    timed steps (host clock at each step's end): it leaves out compiles of late shape buckets
+    (``train.cuda_graphs``) and start-up, i.e. the steady state."""
 
     def __init__(self, warmup: int = 10) -> None:
         self.warmup = warmup
@@ -162,6 +164,7 @@ class Throughput(pl.Callback):
         self.atoms = 0
         self.t0: float | None = None
         self.elapsed = 0.0
+        self.marks: list[tuple[float, int]] = []  # (host time, crystals so far) after each timed step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.steps == self.warmup:
@@ -176,6 +179,7 @@ class Throughput(pl.Callback):
         if self.t0 is not None:
             self.crystals += batch.num_graphs
             self.atoms += batch.num_nodes
+            self.marks.append((time.perf_counter(), self.crystals))
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.t0 is not None:
@@ -186,5 +190,10 @@ class Throughput(pl.Callback):
     def summary(self) -> dict:
         rate = self.crystals / self.elapsed if self.elapsed > 0 else float("nan")
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-        return {"crystals_per_s": rate, "timed_steps": max(0, self.steps - self.warmup),
-                "timed_seconds": self.elapsed, "peak_gpu_mem_gib": peak}
+        half = float("nan")
+        if len(self.marks) >= 4:
+            (t_a, c_a), (t_b, c_b) = self.marks[len(self.marks) // 2], self.marks[-1]
+            half = (c_b - c_a) / (t_b - t_a) if t_b > t_a else float("nan")
+        return {"crystals_per_s": rate, "crystals_per_s_second_half": half,
+                "timed_steps": max(0, self.steps - self.warmup), "timed_seconds": self.elapsed,
+                "peak_gpu_mem_gib": peak}

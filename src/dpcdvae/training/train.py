@@ -24,6 +24,7 @@ class TrainResult:
     minutes: float
     stopped_by: str
     crystals_per_s: float
+    crystals_per_s_second_half: float
     peak_gpu_mem_gib: float | None
     last_train_loss: float | None
     last_val_loss: float | None
@@ -275,6 +276,7 @@ def train(
         minutes=minutes, stopped_by=stopped,
         # ranks step in lock-step on equal shards, so all ranks together do world_size x rank 0's rate
         crystals_per_s=float(tp["crystals_per_s"]) * trainer.world_size,
+        crystals_per_s_second_half=float(tp["crystals_per_s_second_half"]) * trainer.world_size,
         peak_gpu_mem_gib=tp["peak_gpu_mem_gib"], last_train_loss=_metric("train_loss_epoch"),
         last_val_loss=_metric("val_loss"),
         best_val_loss=float(best.best_model_score) if best.best_model_score is not None else None,
