@@ -272,7 +272,7 @@ def test_the_padded_step_has_no_data_dependent_op_and_no_host_read():
     with _OpRecorder() as rec:
         out = static_forward(model, pb, noise, True, mult)
         out["loss"].backward()
-    assert not rec.ops & host_reads and "aten::sort" in rec.ops
+    assert not rec.ops & host_reads and any(op.startswith("aten::sort") for op in rec.ops)  # the recorder saw it
     with _OpRecorder() as rec:
         model(b)
     assert "aten::_local_scalar_dense" in rec.ops
@@ -329,3 +329,37 @@ def test_fourier_features_keep_their_values():
     phase = f.unsqueeze(1) * mult.view(1, -1, 1)
     args = (2.0 * math.pi) * (phase - torch.floor(phase)).reshape(64, -1)
     assert torch.equal(fourier_features(f, 3, 8), torch.cat([torch.sin(args), torch.cos(args)], dim=-1))
+
+
+def test_padded_graph_integers_fit_int32_at_ten_thousand_atoms():
+    """Compiled kernels take integer scalars as int32: no integer the padded graph computes may leave
+    the int32 range at the atom counts of a large batch (perov_5 at batch 2048: N_pad = 10,496). The old
+    sort key target * 2 N K + slot reached 4.4e9 there and the compile failed."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Int32Check(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.worst = (0, "")
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.numel():
+                    m = int(t.abs().max())
+                    if m > self.worst[0]:
+                        self.worst = (m, func.name())
+            return out
+
+    b = random_batch(2600, 5)
+    k, cutoff = 20, 5.0
+    pb = pad_batch(b, atom_bucket(b.num_nodes, 256))
+    assert pb.num_nodes * 2 * pb.num_nodes * k > 2**31  # the size at which the old key overflowed
+    lattice = lattice_from_params(pb.lengths, pb.angles)
+    with Int32Check() as check:
+        sg = radius_graph_static(pb.frac_coords, lattice, pb.num_atoms, pb.batch, pb.atom_mask, cutoff, k,
+                                 static_sizes(pb.num_nodes, k, 6))
+        dimenet_triplets_static(sg)
+    assert not bool(sg.overflow)
+    assert check.worst[0] < 2**31, check.worst

@@ -150,10 +150,11 @@ def radius_graph_static(frac_coords: Tensor, lattice: Tensor, num_atoms: Tensor,
         c_dst = torch.cat([t_sel.reshape(-1), s_sel.reshape(-1)])
         c_off = torch.cat([o_sel.reshape(-1, 3), -o_sel.reshape(-1, 3)])
         c_ok = torch.cat([fwd_ok, fwd_ok])
-        slot_ids = torch.arange(2 * nk, device=device)
-        skey = torch.where(c_ok, c_dst * (2 * nk) + slot_ids, n * (2 * nk) + slot_ids)
+        # key = target (n for unused slots), stable sort: within a target the slots keep their order. (A
+        # key target * 2NK + slot overflows int32 inside compiled kernels from N ~ 10^4 atoms.)
+        skey = torch.where(c_ok, c_dst, n)
         e_take = min(e_pad, 2 * nk)
-        perm = torch.argsort(skey)[:e_take]  # real edges sorted by target (stable within target), then sinks
+        perm = torch.sort(skey, stable=True).indices[:e_take]  # real edges by target, then the unused slots
         if e_take < e_pad:
             perm = torch.cat([perm, perm.new_full((e_pad - e_take,), 2 * nk - 1)])
         n_real = c_ok.sum()
