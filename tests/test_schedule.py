@@ -178,3 +178,24 @@ def test_budget_run_segments_resume_and_write_ema_weights(prepared_cache, tmp_pa
     lrs = [float(r["lr-Adam"]) for f in logs for r in csv.DictReader(f.open()) if r.get("lr-Adam")]
     assert lrs[0] > lrs[-1]
     assert not any(math.isnan(x) for x in lrs)
+
+
+def test_throughput_second_half_rate_leaves_out_a_slow_start(monkeypatch):
+    """A step that compiles late (CUDA graphs for a new bucket) slows the whole-run rate but not the
+    second-half rate: steps of 100 crystals every 0.1 s, one 10-s step in the first half."""
+    from types import SimpleNamespace
+
+    from dpcdvae.training import callbacks
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock["t"])
+    tp = callbacks.Throughput(warmup=2)
+    batch = SimpleNamespace(num_graphs=100, num_nodes=500)
+    for i in range(42):
+        tp.on_train_batch_start(None, None, batch, i)
+        clock["t"] += 10.0 if i == 5 else 0.1
+        tp.on_train_batch_end(None, None, None, batch, i)
+    tp.on_train_end(None, None)
+    s = tp.summary()
+    assert s["timed_steps"] == 40 and s["crystals_per_s"] == pytest.approx(4000 / (39 * 0.1 + 10.0))
+    assert s["crystals_per_s_second_half"] == pytest.approx(1000.0)
