@@ -255,3 +255,24 @@ def test_atomic_numbers_up_to_100_and_bad_inputs():
         model(frac * float("nan"), z, na, batch, lattice)
     with pytest.raises(ValueError, match="variant"):
         CrystalEncoder("dime+schnet")
+
+
+def test_embedding_block_equals_pyg_block_values_and_gradients():
+    """Our AtomEmbeddingBlock gathers with index_select (fast backward with repeated indices); it must
+    compute exactly PyG's EmbeddingBlock.forward (x[i], x[j]), values and gradients."""
+    from torch_geometric.nn.models.dimenet import EmbeddingBlock
+
+    from dpcdvae.nn.dimenet import AtomEmbeddingBlock
+
+    torch.manual_seed(0)
+    block = AtomEmbeddingBlock(6, 16, torch.nn.functional.silu, max_z=10)
+    z = torch.randint(1, 11, (7,))
+    rbf = torch.randn(40, 6)
+    i, j = torch.randint(0, 7, (40,)), torch.zeros(40, dtype=torch.long)  # j: one index repeated 40 times
+    ours = block(z, rbf, i, j)
+    grads = torch.autograd.grad(ours.square().sum(), list(block.parameters()))
+    pyg = EmbeddingBlock.forward(block, z, rbf, i, j)
+    grads_pyg = torch.autograd.grad(pyg.square().sum(), list(block.parameters()))
+    torch.testing.assert_close(ours, pyg, rtol=0, atol=0)
+    for a, b in zip(grads, grads_pyg):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
