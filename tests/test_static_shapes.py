@@ -204,6 +204,9 @@ def test_a_failed_compile_is_retried_without_persistent_reductions(monkeypatch):
     assert not nonfinite and torch.isfinite(out["loss"]) and step.fallbacks == 0
     out2, _ = step(b, teacher_forcing=False, coord_multiplier=1.0)  # the retried compile stays
     assert record == [None, COMPILE_RETRIES[0]] and torch.isfinite(out2["loss"])
+    s = step.summary()  # what train_summary.json records
+    assert s["cuda_graphs"] and not s["eager_after_compile_failures"] and sum(s["buckets"].values()) == 2
+    assert len(s["compile_failures"]) == 1 and s["fallbacks"] == 0
 
 
 def test_when_every_compile_fails_training_goes_on_with_the_eager_step(monkeypatch):
@@ -222,6 +225,8 @@ def test_when_every_compile_fails_training_goes_on_with_the_eager_step(monkeypat
     assert len(step.compile_failures) == 1 + len(COMPILE_RETRIES) and step._fn is None
     assert len(eager_losses) == 2 and out["loss"] is eager_losses[0] and out2["loss"] is eager_losses[1]
     assert not nonfinite
+    s = step.summary()
+    assert s["eager_after_compile_failures"] and s["buckets"] == {} and len(s["compile_failures"]) == 2
 
 
 def test_an_error_that_is_not_a_compile_error_is_raised(monkeypatch):
@@ -363,3 +368,17 @@ def test_padded_graph_integers_fit_int32_at_ten_thousand_atoms():
         dimenet_triplets_static(sg)
     assert not bool(sg.overflow)
     assert check.worst[0] < 2**31, check.worst
+
+
+def test_train_summary_records_the_static_step(prepared_cache, tmp_path):
+    """`dpcdvae train` with train.static_shapes writes what the padded step did into train_summary.json
+    (buckets, fallbacks, compile failures), so a run that silently fell back to eager can be seen."""
+    import json
+
+    from dpcdvae.training.train import train
+
+    res = train(config="tiny", out=tmp_path / "run", cache_dir=prepared_cache, limit=64, progress=False,
+                overrides=["train.static_shapes=true", "train.static_atom_multiple=64", "train.max_epochs=1"])
+    saved = json.loads((tmp_path / "run" / "train_summary.json").read_text())["static_step"]
+    assert saved == res.static_step and saved["fallbacks"] == 0 and not saved["cuda_graphs"]
+    assert sum(saved["buckets"].values()) == res.global_step > 0 and saved["compile_failures"] == []

@@ -123,6 +123,13 @@ class StaticStep:
                    tcfg.get("static_max_degree"), bool(tcfg.get("cuda_graphs")) and torch.cuda.is_available(),
                    max_atoms)
 
+    def summary(self) -> dict:
+        """What the step did (for ``train_summary.json``): steps per atom bucket, eager fallbacks after an
+        overflow, compile failures, and whether it ended on the plain eager step (every compile failed)."""
+        return {"cuda_graphs": self.cuda_graphs, "buckets": {str(k): v for k, v in sorted(self.buckets.items())},
+                "fallbacks": self.fallbacks, "compile_failures": list(self.compile_failures),
+                "eager_after_compile_failures": self.cuda_graphs and self._fn is None}
+
     def pad(self, batch: CrystalBatch) -> PaddedBatch:
         """``batch`` padded to its atom bucket (host-side shapes only)."""
         return pad_batch(batch, atom_bucket(batch.num_nodes, self.atom_multiple))
@@ -143,7 +150,6 @@ class StaticStep:
                generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """The padded losses of ``batch`` (keys of ``DPCDVAE.forward`` plus ``overflow``), no fallback."""
         pb = self.pad(batch)
-        self.buckets[pb.num_nodes] += 1
         dev = pb.frac_coords.device
         noise = draw_step_noise(self.model, pb.num_graphs, pb.num_nodes, dev, generator)
         if self._mult is None or self._mult.device != dev:
@@ -153,7 +159,9 @@ class StaticStep:
         teacher = self._teacher.fill_(bool(teacher_forcing))
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        return self._fn(*[getattr(pb, f) for f in _FIELDS], *[getattr(noise, f) for f in _NOISE], teacher, mult)
+        out = self._fn(*[getattr(pb, f) for f in _FIELDS], *[getattr(noise, f) for f in _NOISE], teacher, mult)
+        self.buckets[pb.num_nodes] += 1  # steps that ran padded (not those whose compile failed)
+        return out
 
     def __call__(self, batch: CrystalBatch, teacher_forcing: bool,
                  coord_multiplier: float) -> tuple[dict[str, Tensor], bool]:

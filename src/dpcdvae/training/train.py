@@ -39,6 +39,7 @@ class TrainResult:
     ema_model_paths: list | None = None        # model_ema.pt (all weights averaged), model_ema_denoiser.pt
     resume_batch: int | None = None            # stopped inside epoch `epochs`: --resume continues it at this batch
     device_name: str | None = None
+    static_step: dict | None = None          # train.static_shapes: buckets, fallbacks, compile failures
 
 
 def _last_ckpt(out: Path) -> Path:
@@ -287,6 +288,7 @@ def train(
         ema_model_paths=ema_paths, divergence_rollbacks=len(guard.rollbacks) if guard is not None else 0,
         resume_batch=int(budget.stop["batches_done"]) if budget.stopped_mid_epoch else None,
         device_name=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        static_step=module.static_step.summary() if module.static_step is not None else None,
     )
     if trainer.is_global_zero:
         (out / "train_summary.json").write_text(dumps_strict(asdict(result)) + "\n")
