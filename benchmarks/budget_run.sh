@@ -24,11 +24,18 @@ case "$phase" in
     gen_n="${1:-0}"; prop="${2:-}"
     [ -f "$R/train_summary.json" ] || { echo "budget_run: $R/train_summary.json missing (training not done?)"; exit 1; }
     w="$R/model_raw.pt"; [ -f "$w" ] || w="$R/model.pt"
-    timeout 540 python -m dpcdvae reconstruct --ckpt "$w" --split test --cache-dir .cache --batch-size 5000 --seed 0 \
+    # the weights first: if the call is cut short (device time ends), the shards are already in $OUT
+    python -m dpcdvae export --ckpt "$w" --out "$R/raw" --max-mb 15 --dtype bfloat16 >"$R/export.log" 2>&1
+    echo "budget_run: export rc $?"
+    out="${OUT:-/tmp/budget_out}"; mkdir -p "$out"
+    i=0; for f in "$R"/raw/*.pt; do [ -f "$f" ] && cp "$f" "$out/$(basename "$f")" && i=$((i + 1)); done
+    echo "budget_run: $i weight shards in $out"
+    fin="${FINISH_S:-540}"   # seconds each evaluation step may take (FINISH_S=300 when the call has less left)
+    timeout "$fin" python -m dpcdvae reconstruct --ckpt "$w" --split test --cache-dir .cache --batch-size 5000 --seed 0 \
       --no-cif ${RECON_ARGS:-} --out "$R/recon" >"$R/recon.log" 2>&1 &
     pr=$!
     if [ "$gen_n" -gt 0 ]; then
-      timeout 540 python -m dpcdvae sample --ckpt "$w" -n "$gen_n" --batch-size 5120 --seed 0 --no-cif \
+      timeout "$fin" python -m dpcdvae sample --ckpt "$w" -n "$gen_n" --batch-size 5120 --seed 0 --no-cif \
         ${GEN_ARGS:-} --out "$R/gen" >"$R/gen.log" 2>&1 &
       pg=$!
     fi
@@ -40,15 +47,12 @@ case "$phase" in
     wait $pr; echo "budget_run: reconstruct rc $?"
     [ "$gen_n" -gt 0 ] && { wait $pg; echo "budget_run: sample rc $?"; }
     [ -n "$prop" ] && { wait $pp; echo "budget_run: train-property rc $?"; }
-    python -m dpcdvae export --ckpt "$w" --out "$R/raw" --max-mb 15 --dtype bfloat16 >"$R/export.log" 2>&1
-    echo "budget_run: export rc $?"
     out="${OUT:-/tmp/budget_out}"; mkdir -p "$out"
     cp "$R/recon/samples.pt" "$out/recon_samples.pt" 2>/dev/null
     [ "$gen_n" -gt 0 ] && cp "$R/gen/samples.pt" "$out/gen_samples.pt" 2>/dev/null
     prop_pt=$(ls "$R"/property/*.pt 2>/dev/null | head -1); [ -n "$prop_pt" ] && cp "$prop_pt" "$out/property.pt"
     (cd "$R" && tar czf "$out/small.tgz" train_summary.json config.json logs ./*.log recon/run.json gen/run.json \
       property/*.json raw/*.json 2>/dev/null)
-    i=0; for f in "$R"/raw/*.pt; do [ -f "$f" ] && cp "$f" "$out/$(basename "$f")" && i=$((i + 1)); done
-    echo "budget_run: $i weight shards; back in $out:"; ls -la "$out";;
+    echo "budget_run: back in $out:"; ls -la "$out";;
   *) echo "usage: budget_run.sh start NAME CONFIG [--set ...] | wait NAME [MAX_S] | finish NAME [GEN_N] [PROP_DATASET]"; exit 2;;
 esac
