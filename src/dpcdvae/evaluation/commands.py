@@ -43,7 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ltol 0.3); match rate over ALL ground-truth crystals, mean normalised RMS over matches, RMS errors of "
         "lattice lengths/angles. PRED: sample folder with samples.pt (index = CSV rows), a folder of CIFs or an "
         "extxyz (paired with CSV rows in order).")
-    r.add_argument("--pred", required=True, help="predictions (sample folder, CIF folder, .extxyz)")
+    r.add_argument("--pred", required=True, action="append",
+                   help="predictions (sample folder, CIF folder, .extxyz); repeat it to score several "
+                        "reconstruction runs as one (each a samples.pt with index, e.g. a cut-short run's "
+                        "parts and a `reconstruct --start` run of the rest)")
     _common(r)
     r.add_argument("--no-fp-check", action="store_true",
                    help="skip CDVAE's fingerprint-failure validity check (faster; a deviation)")
@@ -131,7 +134,7 @@ def _recon(args: argparse.Namespace) -> int:
     from dpcdvae.evaluation.recon import evaluate_recon
 
     common = _common_kwargs(args)
-    res = evaluate_recon(Path(args.pred), args.dataset, fp_check=not args.no_fp_check, rows_below=args.rows_below,
+    res = evaluate_recon([Path(p) for p in args.pred], args.dataset, fp_check=not args.no_fp_check, rows_below=args.rows_below,
                          **common)
     print(f"match_rate {res['match_rate']:.4f}  rms_dist {res['rms_dist'] if res['rms_dist'] is None else round(res['rms_dist'], 4)}"
           f"  valid {res['validity']['valid']:.4f}  ({res['n_pred']} predictions, {res['n_gt']} ground truth) "

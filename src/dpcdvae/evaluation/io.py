@@ -248,6 +248,34 @@ def load_crystals(path: Path) -> LoadedCrystals:
     raise ValueError(f"{path}: unsupported input (expected a folder, .pt, .extxyz, .cif or .csv[.gz])")
 
 
+def load_paired_crystals(paths: list[Path]) -> LoadedCrystals:
+    """:func:`load_crystals` of one path, or the union of several reconstruction runs (each a samples.pt
+    with ``index``, e.g. the parts of a cut-short run and a ``reconstruct --start`` run of the rest);
+    a ground-truth row predicted twice, a run without ``index`` or runs of different splits are refused."""
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1:
+        return load_crystals(paths[0])
+    runs = [load_crystals(p) for p in paths]
+    seen: dict[int, Path] = {}
+    for path, run in zip(paths, runs):
+        if run.kind != "samples.pt" or run.index is None:
+            raise ValueError(f"{path}: several --pred must each be a samples.pt with an index (reconstruct's output)")
+        for row in run.index.tolist():
+            if row in seen:
+                raise ValueError(f"ground-truth row {row} is predicted by both {seen[row]} and {path}")
+            seen[row] = path
+    splits = {str(r.meta["split"]) for r in runs if r.meta.get("split") is not None}
+    if len(splits) > 1:
+        raise ValueError(f"--pred runs of different splits: {sorted(splits)}")
+    meta = dict(runs[0].meta)
+    if splits:
+        meta["split"] = splits.pop()
+    items = [it for r in runs for it in r.items]
+    index = np.concatenate([r.index for r in runs])
+    return LoadedCrystals(items, "samples.pt", index, meta,
+                          f"{len(paths)} samples.pt runs ({', '.join(str(len(r.items)) for r in runs)} crystals)")
+
+
 # ---------------------------------------------------------------------------------------------
 # Output checks
 

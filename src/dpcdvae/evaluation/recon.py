@@ -21,7 +21,7 @@ import numpy as np
 from dpcdvae.evaluation.worker import EvalOptions
 
 
-def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Path | None = None,
+def evaluate_recon(pred: Path | list[Path], dataset: str, *, split: str = "test", source: Path | None = None,
                    out: Path | None = None, report_dir: Path | None = None, workers: int | None = None,
                    fp_check: bool = True, oxidation_states: str = "smact14", pauling_missing: str = "pass",
                    stol: float = 0.5, angle_tol: float = 10.0, ltol: float = 0.3,
@@ -33,7 +33,8 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
     Args:
         pred: sample folder with samples.pt holding ``index`` (0-based CSV rows of the ground truth),
             or a folder of CIFs / one extxyz / a samples.pt without index (paired in order with CSV
-            rows 0, 1, ...; reported in ``pairing``).
+            rows 0, 1, ...; reported in ``pairing``); a list: several runs with index, scored as one
+            (:func:`dpcdvae.evaluation.io.load_paired_crystals`).
         fp_check: also count a prediction invalid when its fingerprints fail (CDVAE's ``Crystal``);
             off skips the CrystalNN cost (then reported as a deviation).
         rows_below: score only the predictions of ground-truth rows < N, against those N rows (so two
@@ -43,7 +44,7 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
     import pandas as pd
 
     from dpcdvae.evaluation.gen import code_provenance, library_versions, write_json
-    from dpcdvae.evaluation.io import (check_output_dir, check_output_file, dataset_split_csv, load_crystals,
+    from dpcdvae.evaluation.io import (check_output_dir, check_output_file, dataset_split_csv, load_paired_crystals,
                                        read_csv_structures, unparsable_cif_warnings)
     from dpcdvae.evaluation.metrics import canonical_dataset, lattice_rms, recon_summary, validity_summary
     from dpcdvae.evaluation.worker import LazyPool, default_workers, match_pair, records_to_table
@@ -54,7 +55,8 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
     gt_csv = dataset_split_csv(source, dataset, split, cache_dir)
     check_output_file(out)
     check_output_dir(report_dir)
-    loaded = load_crystals(Path(pred))
+    preds = [Path(p) for p in pred] if isinstance(pred, (list, tuple)) else [Path(pred)]
+    loaded = load_paired_crystals(preds)
     n_gt = len(pd.read_csv(gt_csv, usecols=["cif"]))
     if loaded.index is not None and loaded.kind == "samples.pt":
         index = loaded.index.astype(np.int64)
@@ -73,7 +75,7 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
         index, n_gt = index[keep], int(rows_below)
         pairing += f"; only ground-truth rows < {n_gt}"
     if index.size == 0:
-        raise ValueError(f"{pred}: no predictions" + ("" if rows_below is None else f" of rows < {rows_below}"))
+        raise ValueError(f"{', '.join(map(str, preds))}: no predictions" + ("" if rows_below is None else f" of rows < {rows_below}"))
     if index.min() < 0 or index.max() >= n_gt:
         raise ValueError(f"prediction index out of range: rows {index.min()}..{index.max()} but the {split} split "
                          f"has {n_gt} rows")
@@ -99,7 +101,7 @@ def evaluate_recon(pred: Path, dataset: str, *, split: str = "test", source: Pat
     result = {
         "task": "recon", "dataset": dataset,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "input": {"path": str(pred), "kind": loaded.kind, "note": loaded.note, "meta": loaded.meta,
+        "input": {"path": str(preds[0]) if len(preds) == 1 else [str(p) for p in preds], "kind": loaded.kind, "note": loaded.note, "meta": loaded.meta,
                   "pairing": pairing},
         "ground_truth": {"split": split, "csv": str(gt_csv), "n": n_gt, "rows_below": rows_below},
         "settings": {"stol": stol, "angle_tol": angle_tol, "ltol": ltol, "fingerprint_validity": fp_check,

@@ -55,7 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(r)
     r.add_argument("--split", default="test")
     r.add_argument("--cache-dir", default=None)
-    r.add_argument("--limit", type=int, default=None, help="first N crystals of the split")
+    r.add_argument("--limit", type=int, default=None, help="first N crystals of the split (from --start)")
+    r.add_argument("--start", type=int, default=0,
+                   help="first row of the split to reconstruct (default 0), e.g. the rows a cut-short run did not "
+                        "reach; `evaluate recon --pred A --pred B` scores both runs together")
     r.set_defaults(func=_reconstruct)
 
 
@@ -106,6 +109,6 @@ def _reconstruct(args: argparse.Namespace) -> int:
                       steps=args.steps, sampler=args.sampler, seed=args.seed, device=args.device,
                       resume=args.resume, limit=args.limit, write_cifs=not args.no_cif,
                       progress=not args.no_progress, precision=args.precision, frame=args.frame,
-                      static_shapes=args.static_shapes, cuda_graphs=args.cuda_graphs)
+                      static_shapes=args.static_shapes, cuda_graphs=args.cuda_graphs, start=args.start)
     print(result_json(res))
     return 0

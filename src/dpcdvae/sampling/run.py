@@ -117,9 +117,11 @@ def _run_batches(
         raise ValueError(f"{out} holds a previous run; pass --resume to continue it or choose another --out")
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        for key in ("ckpt", "n", "batch_size", "seed", "steps", "sampler", "split", "frame"):
+        for key in ("ckpt", "n", "start", "batch_size", "seed", "steps", "sampler", "split", "frame"):
             if key == "frame" and key not in old:  # run.json of a version without --frame: the wrap chain
                 old[key] = "wrap" if meta.get(key) is not None else None
+            if key == "start" and key not in old:  # run.json of a version without --start: from row 0
+                old[key] = 0 if meta.get(key) is not None else None
             if old.get(key) != meta.get(key):
                 raise ValueError(f"--resume: {key} differs from the run in {out} ({old.get(key)!r} vs {meta.get(key)!r})")
     atomic_write_text(meta_path, dumps_strict(meta) + "\n")
@@ -252,26 +254,32 @@ def reconstruct(
     frame: str | None = None,
     static_shapes: bool | None = None,
     cuda_graphs: bool | None = None,
+    start: int = 0,
 ) -> SampleResult:
     """Encode each crystal of ``split`` and decode it; ``samples.pt['index']`` pairs every output with
     the 0-based CSV row of its ground truth (``steps`` / ``sampler`` / ``frame`` / ``static_shapes`` /
-    ``cuda_graphs`` as in :func:`sample`)."""
+    ``cuda_graphs`` as in :func:`sample`). ``start`` / ``limit``: only rows ``start .. start + limit - 1``
+    (e.g. the rows a cut-short run did not reach, on another device; ``evaluate recon`` takes both runs)."""
     from dpcdvae.data.cache import load_split
 
     check_sample_args(out, batch_size=batch_size, steps=steps, limit=limit)
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"--start must be an integer >= 0, got {start!r}")
     dev, model, cfg, sampler, prec, bs, static = _open_model(ckpt, device, sampler, steps, precision, batch_size,
                                                              frame, static_shapes, cuda_graphs)
     data = load_split(cache_dir, cfg["data"]["dataset"], split)
-    n = len(data) if limit is None else min(limit, len(data))
+    if start >= len(data):
+        raise ValueError(f"--start {start} is past the {split} split's last row ({len(data) - 1})")
+    n = len(data) - start if limit is None else min(limit, len(data) - start)
     data = data.to(dev)
     num_batches = -(-n // bs)
-    meta = {"task": "reconstruct", "ckpt": str(Path(ckpt).resolve()), "n": n, "batch_size": bs, "seed": seed,
-            "steps": steps, "sampler": sampler, "split": split, "dataset": cfg["data"]["dataset"],
+    meta = {"task": "reconstruct", "ckpt": str(Path(ckpt).resolve()), "n": n, "start": start, "batch_size": bs,
+            "seed": seed, "steps": steps, "sampler": sampler, "split": split, "dataset": cfg["data"]["dataset"],
             "train_split": cfg["data"]["train_split"], "precision": prec, "frame": _frame(model),
             **_static_meta(static)}
 
     def run_batch(b: int, gen: torch.Generator, on_step: Callable) -> dict:
-        idx = torch.arange(b * bs, min(n, (b + 1) * bs), device=dev)
+        idx = torch.arange(start + b * bs, start + min(n, (b + 1) * bs), device=dev)
         batch = data.batch(idx)
         with inference_context(dev, prec):
             mu, logvar = model.encode_stats(batch)
@@ -280,8 +288,8 @@ def reconstruct(
         res["index"] = batch.index
         return res
 
-    return _run_batches(Path(out), num_batches, run_batch, lambda b: b * bs, meta, dev, resume, write_cifs,
-                        progress=progress, steps_per_batch=reverse_steps(model, steps))
+    return _run_batches(Path(out), num_batches, run_batch, lambda b: start + b * bs, meta, dev, resume,
+                        write_cifs, progress=progress, steps_per_batch=reverse_steps(model, steps))
 
 
 def _open_model(ckpt: Path | str, device: str, sampler: str | None, steps: int | None, precision: str,
