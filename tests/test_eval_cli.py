@@ -101,6 +101,42 @@ def test_recon_rows_below_scores_the_same_first_rows(tiny_source, gt_samples, tm
         _one_line_error(rc, capsys.readouterr().err, "--rows-below must be in 1..6")
 
 
+def test_recon_of_two_runs_scores_as_one(tiny_source, gt_samples, tmp_path, capsys):
+    """Two runs (rows 0..3 and 4..5, as a cut-short run plus a `reconstruct --start 4` run) score exactly
+    like one run of all six; a row in both, or a run without index, is refused in one line."""
+    d = torch.load(gt_samples / "samples.pt", weights_only=True)
+    counts = d["num_atoms"].tolist()
+    starts = np.concatenate([[0], np.cumsum(counts)])
+
+    def subset(rows, name):
+        pos = [int(np.where(d["index"].numpy() == r)[0][0]) for r in rows]
+        atoms = torch.cat([torch.arange(starts[p], starts[p + 1]) for p in pos])
+        part = {"frac_coords": d["frac_coords"][atoms], "atom_types": d["atom_types"][atoms],
+                "num_atoms": d["num_atoms"][pos], "lengths": d["lengths"][pos], "angles": d["angles"][pos],
+                "index": torch.tensor(rows), "meta": {"split": "test"}}
+        torch.save(part, tmp_path / name)
+        return str(tmp_path / name)
+
+    a, b = subset([0, 1, 2, 3], "a.pt"), subset([5, 4], "b.pt")
+    base = ["evaluate", "recon", "--dataset", "perov_5", "--source", str(tiny_source), "--workers", "1",
+            "--no-progress", "--no-report"]
+    assert main(base + ["--pred", str(gt_samples), "--out", str(tmp_path / "one.json")]) == 0
+    assert main(base + ["--pred", a, "--pred", b, "--out", str(tmp_path / "two.json")]) == 0
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert two["n_pred"] == 6 and two["n_gt"] == 6 and "warnings" not in two
+    for key in ("match_rate", "rms_dist", "rms_lengths", "validity"):
+        assert two[key] == one[key], key
+    assert two["input"]["path"] == [a, b] and "2 samples.pt runs (4, 2 crystals)" in two["input"]["note"]
+    c = subset([3, 4], "c.pt")
+    rc = main(base + ["--pred", a, "--pred", c, "--out", str(tmp_path / "dup.json")])
+    _one_line_error(rc, capsys.readouterr().err, "ground-truth row 3 is predicted by both")
+    d_noidx = {k: v for k, v in torch.load(b, weights_only=True).items() if k != "index"}
+    torch.save(d_noidx, tmp_path / "noidx.pt")
+    rc = main(base + ["--pred", a, "--pred", str(tmp_path / "noidx.pt"), "--out", str(tmp_path / "noidx.json")])
+    _one_line_error(rc, capsys.readouterr().err, "must each be a samples.pt with an index")
+    assert not (tmp_path / "dup.json").exists() and not (tmp_path / "noidx.json").exists()
+
+
 def test_cli_errors_are_one_line(tiny_source, tmp_path, capsys):
     rc = main(["evaluate", "gen", "--samples", str(tmp_path / "nope"), "--dataset", "perov_5",
                "--source", str(tiny_source), "--out", str(tmp_path / "x.json"), "--workers", "1"])

@@ -95,6 +95,29 @@ def test_reconstruct_keeps_pairing(tiny_model, prepared_cache, tmp_path):
     assert meta["task"] == "reconstruct" and meta["split"] == "test"
 
 
+def test_reconstruct_start_takes_the_rows_a_cut_run_did_not_reach(tiny_model, prepared_cache, tmp_path):
+    """--start 4 --limit 3: rows 4..6 (CIF names too); resuming it with another --start is refused; a start
+    past the split's end is refused before any work."""
+    from dpcdvae.data.cache import load_split
+
+    res = reconstruct(tiny_model, tmp_path / "r", split="test", cache_dir=prepared_cache, batch_size=2, steps=2,
+                      device="cpu", limit=3, start=4, progress=False)
+    assert res.num_crystals == 3
+    s = _load(tmp_path / "r")
+    test = load_split(prepared_cache, "perov_5", "test")
+    assert s["index"].tolist() == test.index[4:7].tolist()
+    assert sorted(p.name for p in (tmp_path / "r" / "cif").iterdir()) == ["000004.cif", "000005.cif", "000006.cif"]
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["start"] == 4
+    with pytest.raises(ValueError, match="start differs"):
+        reconstruct(tiny_model, tmp_path / "r", split="test", cache_dir=prepared_cache, batch_size=2, steps=2,
+                    device="cpu", limit=3, start=3, resume=True, progress=False)
+    for bad, msg in ((len(test), "past the test split's last row"), (-1, "--start must be an integer >= 0")):
+        with pytest.raises(ValueError, match=msg):
+            reconstruct(tiny_model, tmp_path / f"bad{bad}", split="test", cache_dir=prepared_cache, steps=2,
+                        device="cpu", start=bad, progress=False)
+        assert not (tmp_path / f"bad{bad}" / "run.json").exists()
+
+
 def test_progress_bar_counts_reverse_steps(tiny_model, tmp_path, capsys):
     sample(tiny_model, 2, tmp_path / "quiet", batch_size=2, steps=3, device="cpu", progress=False)
     assert "reverse steps" not in capsys.readouterr().err
