@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dpcdvae.config import apply_overrides, load_config
-from dpcdvae.data.padding import atom_bucket, pad_batch
+from dpcdvae.data.padding import atom_bucket, one_bucket_atoms, pad_batch
 from dpcdvae.geometry.graph import radius_graph_pbc
 from dpcdvae.geometry.lattice import lattice_from_params
 from dpcdvae.geometry.static_graph import dimenet_triplets_static, radius_graph_static, static_sizes
@@ -283,6 +283,36 @@ def test_the_padded_step_has_no_data_dependent_op_and_no_host_read():
     assert "aten::_local_scalar_dense" in rec.ops
 
 
+def test_one_bucket_holds_nearly_every_batch():
+    """train.static_atom_sigmas: the one N_pad holds every one of 2,000 random batches at 4 sd (and about
+    half of them at 0 sd); it is a multiple of 64 above the largest crystal; bad arguments are refused."""
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(1, 21, (5000,), generator=g)
+    totals = torch.stack([counts[torch.randperm(5000, generator=g)[:256]].sum() for _ in range(2000)])
+    fixed = one_bucket_atoms(counts, 256, 4.0)
+    assert fixed % 64 == 0 and int(totals.max()) < fixed < 256 * 20
+    assert bool((totals < fixed).all())
+    at_mean = one_bucket_atoms(counts, 256, 0.0, round_to=1)
+    assert 0.4 < float((totals < at_mean).float().mean()) < 0.6
+    assert one_bucket_atoms(torch.full((10,), 5), 4, 4.0, round_to=1) == 21  # no spread: 20 atoms + 1 sink
+    assert one_bucket_atoms(torch.tensor([3, 40]), 1, 0.0, round_to=1) == 41  # the largest crystal fits
+    for bad in ((torch.tensor([], dtype=torch.long), 4, 4.0), (counts, 0, 4.0), (counts, 4, -1.0)):
+        with pytest.raises(ValueError, match="one_bucket_atoms needs"):
+            one_bucket_atoms(*bad)
+
+
+def test_fixed_bucket_pads_smaller_batches_to_it_and_larger_ones_by_multiples():
+    model = tiny_model(random_batch(4, 0))
+    small, large = random_batch(3, 1), random_batch(12, 2)
+    step = StaticStep(model, atom_multiple=16, fixed_atoms=large.num_nodes - 5)
+    assert step.pad(small).num_nodes == large.num_nodes - 5
+    assert step.pad(large).num_nodes == atom_bucket(large.num_nodes, 16)
+    out, nonfinite = step(small, teacher_forcing=False, coord_multiplier=1.0)
+    assert not nonfinite and step.summary()["fixed_atoms"] == large.num_nodes - 5
+    with pytest.raises(ValueError, match="fixed atom bucket"):
+        StaticStep(model, fixed_atoms=1)
+
+
 def test_config_keys_and_the_lightning_step():
     from dpcdvae.training.lightning import DPCDVAEModule
     from dpcdvae.training.train import check_train_config
@@ -378,7 +408,10 @@ def test_train_summary_records_the_static_step(prepared_cache, tmp_path):
     from dpcdvae.training.train import train
 
     res = train(config="tiny", out=tmp_path / "run", cache_dir=prepared_cache, limit=64, progress=False,
-                overrides=["train.static_shapes=true", "train.static_atom_multiple=64", "train.max_epochs=1"])
+                overrides=["train.static_shapes=true", "train.static_atom_multiple=64", "train.max_epochs=1",
+                           "train.static_atom_sigmas=4"])
     saved = json.loads((tmp_path / "run" / "train_summary.json").read_text())["static_step"]
     assert saved == res.static_step and saved["fallbacks"] == 0 and not saved["cuda_graphs"]
     assert sum(saved["buckets"].values()) == res.global_step > 0 and saved["compile_failures"] == []
+    # static_atom_sigmas: every batch (one batch size, drop_last) took the one fixed bucket
+    assert saved["fixed_atoms"] % 64 == 0 and list(saved["buckets"]) == [str(saved["fixed_atoms"])]

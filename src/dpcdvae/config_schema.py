@@ -231,6 +231,10 @@ class TrainConfig:
     cuda_graphs: bool = opt(False, "capture the static-shape step as CUDA graphs (reduce-overhead; CUDA only)")
     static_atom_multiple: int = opt(256, "static_shapes: atoms per batch padded to the next multiple of this",
                                     lo=1)
+    static_atom_sigmas: Optional[float] = opt(None, "static_shapes: one atom bucket for nearly every batch: a "
+                                                    "batch's mean atoms + this many sd (training split), "
+                                                    "rounded up to 64; larger batches use the multiples "
+                                                    "(null = buckets by multiples only)", lo=0)
     static_edge_factor: float = opt(1.1, "static_shapes: edge / triplet buffers = factor x N_pad K (x (K-1))",
                                     lo=1, hi=2)
     static_max_degree: Optional[int] = opt(None, "static_shapes: in-degree bound per atom (null = 2 max_neighbors)",

@@ -30,10 +30,11 @@ class DPCDVAEModule(pl.LightningModule):
             a time-budgeted run; None: progress counts optimizer steps of ``max_epochs``).
         max_atoms: the training split's largest cell, the crystal-size bound of the static-shape step
             (``train.static_shapes``; None: ``data.max_atoms``).
+        fixed_atoms: the one atom bucket of ``train.static_atom_sigmas`` (None: buckets by multiples).
     """
 
     def __init__(self, model: DPCDVAE, config: dict, budget: TimeBudget | None = None,
-                 max_atoms: int | None = None) -> None:
+                 max_atoms: int | None = None, fixed_atoms: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.config = config
@@ -46,7 +47,7 @@ class DPCDVAEModule(pl.LightningModule):
         if self.tcfg.get("static_shapes"):
             from dpcdvae.training.static_step import StaticStep
 
-            self.static_step = StaticStep.from_config(model, self.tcfg, max_atoms)
+            self.static_step = StaticStep.from_config(model, self.tcfg, max_atoms, fixed_atoms)
 
     def progress(self) -> float:
         """Progress p in [0, 1] of the run: of its time budget (``train.max_minutes``, counted over

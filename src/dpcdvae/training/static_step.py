@@ -2,7 +2,7 @@
 
 Each batch from the device-resident loader is padded to an atom bucket
 (:func:`~dpcdvae.data.padding.atom_bucket`: N_pad = the next multiple of ``train.static_atom_multiple``
-above N, one sink crystal), its random draws are made in those shapes, and the losses come from
+above N, one sink crystal; or, with ``train.static_atom_sigmas``, one size for nearly every batch), its random draws are made in those shapes, and the losses come from
 :func:`~dpcdvae.models.static.static_forward` (fixed sizes, no host sync). With a fixed batch size
 only the atom bucket varies, so a compiled step sees a handful of shapes; with ``cuda_graphs`` the
 forward (and, through AOTAutograd, the backward) is compiled with ``torch.compile(mode=
@@ -66,10 +66,13 @@ class StaticStep:
             the training split's largest cell). A larger crystal makes its batch fall back to eager.
         cuda_graphs: compile the padded forward with ``mode="reduce-overhead"`` (CUDA graphs; on a CPU
             model it is a plain ``torch.compile``).
+        fixed_atoms: one N_pad for every batch of fewer atoms (``train.static_atom_sigmas``, from
+            :func:`~dpcdvae.data.padding.one_bucket_atoms`); larger batches take the multiples' bucket.
     """
 
     def __init__(self, model: DPCDVAE, atom_multiple: int = 256, edge_factor: float = 1.1,
-                 max_degree: int | None = None, cuda_graphs: bool = False, max_atoms: int | None = None) -> None:
+                 max_degree: int | None = None, cuda_graphs: bool = False, max_atoms: int | None = None,
+                 fixed_atoms: int | None = None) -> None:
         check_static_support(model)
         if not 1.0 <= float(edge_factor) <= 2.0:
             raise ValueError(f"train.static_edge_factor must be in [1, 2], got {edge_factor}")
@@ -79,6 +82,9 @@ class StaticStep:
         self.max_degree = None if max_degree is None else int(max_degree)
         self.cuda_graphs = bool(cuda_graphs)
         self.max_atoms = None if max_atoms is None else int(max_atoms)
+        if fixed_atoms is not None and int(fixed_atoms) < 2:
+            raise ValueError(f"the fixed atom bucket must be >= 2 atoms, got {fixed_atoms}")
+        self.fixed_atoms = None if fixed_atoms is None else int(fixed_atoms)
         self.buckets: Counter[int] = Counter()  # N_pad -> steps
         self.fallbacks = 0
         self.compile_failures: list[str] = []
@@ -117,22 +123,27 @@ class StaticStep:
             self._fn = None
 
     @classmethod
-    def from_config(cls, model: DPCDVAE, tcfg: dict, max_atoms: int | None = None) -> "StaticStep":
+    def from_config(cls, model: DPCDVAE, tcfg: dict, max_atoms: int | None = None,
+                    fixed_atoms: int | None = None) -> "StaticStep":
         """From the ``train`` section (``cuda_graphs`` only takes effect on CUDA)."""
         return cls(model, int(tcfg.get("static_atom_multiple") or 256), float(tcfg.get("static_edge_factor") or 1.1),
                    tcfg.get("static_max_degree"), bool(tcfg.get("cuda_graphs")) and torch.cuda.is_available(),
-                   max_atoms)
+                   max_atoms, fixed_atoms)
 
     def summary(self) -> dict:
         """What the step did (for ``train_summary.json``): steps per atom bucket, eager fallbacks after an
         overflow, compile failures, and whether it ended on the plain eager step (every compile failed)."""
-        return {"cuda_graphs": self.cuda_graphs, "buckets": {str(k): v for k, v in sorted(self.buckets.items())},
+        return {"cuda_graphs": self.cuda_graphs, "fixed_atoms": self.fixed_atoms, "buckets": {str(k): v for k, v in sorted(self.buckets.items())},
                 "fallbacks": self.fallbacks, "compile_failures": list(self.compile_failures),
                 "eager_after_compile_failures": self.cuda_graphs and self._fn is None}
 
     def pad(self, batch: CrystalBatch) -> PaddedBatch:
-        """``batch`` padded to its atom bucket (host-side shapes only)."""
-        return pad_batch(batch, atom_bucket(batch.num_nodes, self.atom_multiple))
+        """``batch`` padded to its atom bucket (host-side shapes only): ``fixed_atoms`` if it has fewer
+        atoms, else the next multiple of ``atom_multiple``."""
+        n = batch.num_nodes
+        if self.fixed_atoms is not None and n < self.fixed_atoms:
+            return pad_batch(batch, self.fixed_atoms)
+        return pad_batch(batch, atom_bucket(n, self.atom_multiple))
 
     def _flat(self, *tensors: Tensor) -> dict[str, Tensor]:
         """:func:`static_forward` on flat tensors (what ``torch.compile`` sees): the padded batch, the

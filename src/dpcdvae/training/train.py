@@ -206,7 +206,13 @@ def train(
     # a stop inside an epoch is saved there, at the stop batch, and becomes last.ckpt (TimeBudget doc)
     stop_ckpt = out / "checkpoints" / "stop.ckpt"
     budget = TimeBudget(tcfg.get("max_minutes"), tcfg.get("segment_minutes"), stop_checkpoint=stop_ckpt)
-    module = DPCDVAEModule(model, cfg, budget, max_atoms=largest or None)
+    fixed_atoms = None  # train.static_atom_sigmas: one atom bucket for nearly every batch (one compile)
+    if tcfg.get("static_shapes") and tcfg.get("static_atom_sigmas") is not None and len(dm.train_set):
+        from dpcdvae.data.padding import one_bucket_atoms
+
+        fixed_atoms = one_bucket_atoms(dm.train_set.num_atoms, int(cfg["data"]["batch_size"]),
+                                       float(tcfg["static_atom_sigmas"]))
+    module = DPCDVAEModule(model, cfg, budget, max_atoms=largest or None, fixed_atoms=fixed_atoms)
     throughput = Throughput()
     # Checkpoints after each validation, or (``train.checkpoint_minutes``) on a wall-clock cadence: a
     # 175 MB checkpoint pair every 5 s costs a fast run several percent of its budget.
