@@ -22,7 +22,9 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pred", required=True, help="samples.pt written by `dpcdvae reconstruct`")
+    ap.add_argument("--pred", required=True, action="append",
+                    help="samples.pt written by `dpcdvae reconstruct` (repeat it for several runs' parts, e.g. "
+                         "results/mp_20/dime/recon_gpu/parts/part_*.pt)")
     ap.add_argument("--csv", required=True, help="the ground-truth split CSV (column cif)")
     ap.add_argument("-n", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
@@ -31,7 +33,9 @@ def main() -> None:
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Lattice, Structure
 
-    d = torch.load(args.pred, weights_only=True)
+    from dpcdvae.sampling.writers import concat_samples
+
+    d = concat_samples([torch.load(p, weights_only=True) for p in args.pred])
     df = pd.read_csv(args.csv, usecols=["cif"])
     na = d["num_atoms"].numpy()
     off = np.concatenate([[0], np.cumsum(na)])
@@ -56,7 +60,7 @@ def main() -> None:
         right_na += int(len(t) == len(g))
     rng = np.random.default_rng(args.seed)
     sel = rng.choice(len(na), min(args.n, len(na)), replace=False)
-    counts = {"matched": 0, "wrong_composition": 0, "right_composition_no_match": 0,
+    counts = {"matched": 0, "wrong_composition": 0, "wrong_num_atoms": 0, "right_composition_no_match": 0,
               "no_match_geometry_ok": 0, "matched_rms_above_0.1": 0}
     rms = []
     for i in sel:
@@ -69,13 +73,14 @@ def main() -> None:
             continue
         if p.composition.reduced_formula != g.composition.reduced_formula:
             counts["wrong_composition"] += 1
+            counts["wrong_num_atoms"] += int(len(p) != len(g))  # of these, the atom count was wrong too
             continue
         counts["right_composition_no_match"] += 1
         blind = sm.get_rms_dist(Structure(p.lattice, ["Si"] * len(p), p.frac_coords),
                                 Structure(g.lattice, ["Si"] * len(g), g.frac_coords))
         counts["no_match_geometry_ok"] += int(blind is not None and blind[0] < 0.05)
     r = np.array(rms) if rms else np.array([np.nan])
-    out = {"pred": args.pred, "n_all": int(len(na)), "exact_composition_all": exact / len(na),
+    out = {"pred": args.pred[0] if len(args.pred) == 1 else args.pred, "n_all": int(len(na)), "exact_composition_all": exact / len(na),
            "right_num_atoms_all": right_na / len(na), "subset": int(len(sel)), "seed": args.seed, **counts,
            "matched_rms_median": float(np.median(r)), "matched_rms_p90": float(np.percentile(r, 90)),
            "matched_rms_mean": float(r.mean())}
