@@ -5,7 +5,8 @@
 #   bash benchmarks/budget_run.sh wait   NAME [MAX_S]                   return when it ended (or after MAX_S, 570)
 #   bash benchmarks/budget_run.sh finish NAME [GEN_N] [PROP_DATASET]    reconstruct the whole test split and
 #       generate GEN_N crystals side by side (and train a property predictor on PROP_DATASET for W(E));
-#       export the raw weights as bf16 shards; put everything that should come back into $OUT (<= 8 files)
+#       export the raw weights as bf16 shards; put everything that should come back into $OUT (<= 8 files;
+#       a step cut short by FINISH_S brings its finished batches as <step>_parts.tgz)
 # Each phase prints one line per step; a failed step is reported and the others go on. RECON_ARGS / GEN_ARGS /
 # PROP_ARGS add options to reconstruct / sample / train-property (e.g. RECON_ARGS="--limit 8 --steps 5" for a dry run).
 set -u
@@ -50,6 +51,14 @@ case "$phase" in
     out="${OUT:-/tmp/budget_out}"; mkdir -p "$out"
     cp "$R/recon/samples.pt" "$out/recon_samples.pt" 2>/dev/null
     [ "$gen_n" -gt 0 ] && cp "$R/gen/samples.pt" "$out/gen_samples.pt" 2>/dev/null
+    # a step cut by its timeout keeps its finished batches: bring those back (score them with
+    # `evaluate recon --pred part_0.pt --pred ...`, finish the rest with `reconstruct --start`)
+    for job in recon gen; do
+      if [ ! -f "$R/$job/samples.pt" ] && [ -d "$R/$job/parts" ]; then
+        (cd "$R" && tar czf "$out/${job}_parts.tgz" "$job/run.json" "$job/parts") && \
+          echo "budget_run: $job cut short; its finished batches are in ${job}_parts.tgz"
+      fi
+    done
     prop_pt=$(ls "$R"/property/*.pt 2>/dev/null | head -1); [ -n "$prop_pt" ] && cp "$prop_pt" "$out/property.pt"
     (cd "$R" && tar czf "$out/small.tgz" train_summary.json config.json logs ./*.log recon/run.json gen/run.json \
       property/*.json raw/*.json 2>/dev/null)
