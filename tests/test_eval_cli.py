@@ -121,7 +121,9 @@ def test_recon_of_two_runs_scores_as_one(tiny_source, gt_samples, tmp_path, caps
     base = ["evaluate", "recon", "--dataset", "perov_5", "--source", str(tiny_source), "--workers", "1",
             "--no-progress", "--no-report"]
     assert main(base + ["--pred", str(gt_samples), "--out", str(tmp_path / "one.json")]) == 0
-    assert main(base + ["--pred", a, "--pred", b, "--out", str(tmp_path / "two.json")]) == 0
+    two_args = base[:-1] + ["--pred", a, "--pred", b, "--out", str(tmp_path / "two.json")]  # with the report
+    assert main(two_args) == 0
+    assert f"- input: `{a}`, `{b}` (samples.pt)" in (tmp_path / "two_report" / "report.md").read_text()
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert two["n_pred"] == 6 and two["n_gt"] == 6 and "warnings" not in two
     for key in ("match_rate", "rms_dist", "rms_lengths", "validity"):

@@ -141,10 +141,12 @@ def write_gen_report(folder: Path, result: dict[str, Any], gen: dict[str, np.nda
 def _header(result: dict[str, Any], title: str, input_note: str) -> list[str]:
     """Title, input / ground-truth / date lines and the head of the metrics table."""
     gt = result["ground_truth"]
+    path = result["input"]["path"]
+    shown = ", ".join(f"`{p}`" for p in path) if isinstance(path, list) else f"`{path}`"  # several runs: a list
     return [
         f"# {title}: {result['dataset']}",
         "",
-        f"- input: `{result['input']['path']}` {input_note}",
+        f"- input: {shown} {input_note}",
         f"- ground truth: {gt['split']} split, `{gt['csv']}` ({gt['n']} crystals)",
         f"- date: {result['date']}",
         "",
