@@ -48,7 +48,6 @@ case "$phase" in
     wait $pr; echo "budget_run: reconstruct rc $?"
     [ "$gen_n" -gt 0 ] && { wait $pg; echo "budget_run: sample rc $?"; }
     [ -n "$prop" ] && { wait $pp; echo "budget_run: train-property rc $?"; }
-    out="${OUT:-/tmp/budget_out}"; mkdir -p "$out"
     cp "$R/recon/samples.pt" "$out/recon_samples.pt" 2>/dev/null
     [ "$gen_n" -gt 0 ] && cp "$R/gen/samples.pt" "$out/gen_samples.pt" 2>/dev/null
     # a step cut by its timeout keeps its finished batches: bring those back (score them with

@@ -43,13 +43,14 @@ def check_device(device: str) -> None:
 
 def check_sample_args(out: Path | str, n: int | None = None, batch_size: int | None = None,
                       steps: int | None = None, rank: int = 0, world_size: int = 1,
-                      limit: int | None = None) -> None:
+                      limit: int | None = None, start: int | None = None) -> None:
     """Refuse bad ``sample`` / ``reconstruct`` arguments (ValueError / NotADirectoryError); the
     device is checked by :func:`dpcdvae.sampling.run.resolve_device` (:func:`check_device`)."""
     _count("-n", n)
     _count("--batch-size", batch_size)
     _count("--steps", steps)
     _count("--limit", limit)
+    _count("--start", start, minimum=0)
     _count("--world-size", world_size)
     _count("--rank", rank, minimum=0)
     if rank >= world_size:

@@ -262,9 +262,7 @@ def reconstruct(
     (e.g. the rows a cut-short run did not reach, on another device; ``evaluate recon`` takes both runs)."""
     from dpcdvae.data.cache import load_split
 
-    check_sample_args(out, batch_size=batch_size, steps=steps, limit=limit)
-    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise ValueError(f"--start must be an integer >= 0, got {start!r}")
+    check_sample_args(out, batch_size=batch_size, steps=steps, limit=limit, start=start)
     dev, model, cfg, sampler, prec, bs, static = _open_model(ckpt, device, sampler, steps, precision, batch_size,
                                                              frame, static_shapes, cuda_graphs)
     data = load_split(cache_dir, cfg["data"]["dataset"], split)

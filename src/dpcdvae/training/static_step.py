@@ -2,7 +2,8 @@
 
 Each batch from the device-resident loader is padded to an atom bucket
 (:func:`~dpcdvae.data.padding.atom_bucket`: N_pad = the next multiple of ``train.static_atom_multiple``
-above N, one sink crystal; or, with ``train.static_atom_sigmas``, one size for nearly every batch), its random draws are made in those shapes, and the losses come from
+above N, one sink crystal; or, with ``train.static_atom_sigmas``, one size for nearly every batch), its
+random draws are made in those shapes, and the losses come from
 :func:`~dpcdvae.models.static.static_forward` (fixed sizes, no host sync). With a fixed batch size
 only the atom bucket varies, so a compiled step sees a handful of shapes; with ``cuda_graphs`` the
 forward (and, through AOTAutograd, the backward) is compiled with ``torch.compile(mode=
@@ -133,8 +134,8 @@ class StaticStep:
     def summary(self) -> dict:
         """What the step did (for ``train_summary.json``): steps per atom bucket, eager fallbacks after an
         overflow, compile failures, and whether it ended on the plain eager step (every compile failed)."""
-        return {"cuda_graphs": self.cuda_graphs, "fixed_atoms": self.fixed_atoms, "buckets": {str(k): v for k, v in sorted(self.buckets.items())},
-                "fallbacks": self.fallbacks, "compile_failures": list(self.compile_failures),
+        return {"cuda_graphs": self.cuda_graphs, "fixed_atoms": self.fixed_atoms,
+                "buckets": {str(k): v for k, v in sorted(self.buckets.items())}, "fallbacks": self.fallbacks, "compile_failures": list(self.compile_failures),
                 "eager_after_compile_failures": self.cuda_graphs and self._fn is None}
 
     def pad(self, batch: CrystalBatch) -> PaddedBatch:
