@@ -35,10 +35,8 @@ def _num_elements(types: torch.Tensor, counts: list[int]) -> float:
 
 def _drawn_with_predicted_na(model, z: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, list[int]]:
     """Types drawn from A_z with the N_a head's atom counts (what decoding starts from)."""
-    na = model.predict_num_atoms(z).float().argmax(-1).clamp(min=1)
-    batch = torch.repeat_interleave(torch.arange(z.shape[0]), na)
-    probs = F.softmax(model.composition_logits(z, batch), -1)
-    return sample_composition_types(probs, batch, na, generator=gen), na.tolist()
+    na, _, types = model.initial_atoms(z, generator=gen)
+    return types, na.tolist()
 
 
 def main() -> None:

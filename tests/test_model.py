@@ -80,6 +80,23 @@ def test_decode_shapes_and_ranges(perov_batch):
     assert bool((out["num_atoms"] >= 1).all())
 
 
+def test_initial_atoms_is_what_decode_starts_from(perov_batch):
+    """``initial_atoms`` (used by benchmarks/posterior_composition.py) draws exactly the counts and types
+    that ``decode`` starts its chain from, with the same generator; forced counts are kept."""
+    _, scalers = perov_batch
+    model, _ = _tiny(scalers)
+    model.eval()
+    z = torch.randn(5, model.latent_dim, generator=torch.Generator().manual_seed(3))
+    na, batch, types = model.initial_atoms(z, generator=torch.Generator().manual_seed(4))
+    out = model.decode(z, steps=2, generator=torch.Generator().manual_seed(4), return_initial_types=True)
+    torch.testing.assert_close(out["num_atoms"], na)
+    torch.testing.assert_close(out["initial_types"], types)
+    assert batch.tolist() == torch.repeat_interleave(torch.arange(5), na).tolist()
+    forced = torch.tensor([1, 2, 3, 4, 5])
+    na2, _, t2 = model.initial_atoms(z, forced, draw_types=False)
+    assert na2.tolist() == forced.tolist() and t2 is None
+
+
 @pytest.mark.parametrize("encoder", ["dime+na", "dime+gine", "dime+na+gine"])
 def test_every_encoder_variant_trains(perov_batch, encoder):
     """Each Table I variant is one config choice over the shared parts: build, loss, gradients."""

@@ -87,10 +87,22 @@ def test_gemnet_triplet_layout_equals_eager_triplets():
     assert bool((sink_row == 0).all())  # the slot shared by the sink edges forms no triplet
 
 
-def test_sink_atoms_and_edges_contribute_nothing():
+@pytest.fixture
+def float64():
+    """Default dtype float64 for one test (restored after it)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def test_sink_atoms_and_edges_contribute_nothing(float64):
     """GemNet-T on the padded graph: real outputs equal the unpadded ones; moving or retyping the sink
-    atoms changes no real output, bit for bit, and no gradient reaches them."""
+    atoms changes no real output, bit for bit, and no gradient reaches them. In float64: the padded and
+    the eager layout add the same terms in other orders, which in fp32 differs by ~1e-7 of the output's
+    scale (1.4e-5 relative on a small element, varying with the CPU's kernels), in float64 by ~1e-15."""
     b, g, pb, sg = _graphs(5)
+    assert sg.graph.vec.dtype == torch.float64
     torch.manual_seed(0)
     gem = GemNetT(emb_size_atom=8, emb_size_edge=8, num_blocks=2, num_radial=8, num_spherical=3, emb_size_rbf=4,
                   emb_size_cbf=4, emb_size_trip=4, emb_size_bil_trip=4, cutoff=5.0)
@@ -98,8 +110,8 @@ def test_sink_atoms_and_edges_contribute_nothing():
     n = b.num_nodes
     vec, hf = gem(h, sg.graph, width=sg.sizes.max_degree, edge_mask=sg.edge_mask)
     vec0, hf0 = gem(h[:n], g)
-    torch.testing.assert_close(vec[:n], vec0, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(hf[:n], hf0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(vec[:n], vec0, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(hf[:n], hf0, rtol=1e-10, atol=1e-10)
     (vec[:n].square().sum() + hf[:n].sum()).backward()
     assert bool((h.grad[n:] == 0).all())
     h2 = h.detach().clone()

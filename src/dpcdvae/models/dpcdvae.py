@@ -197,6 +197,33 @@ class DPCDVAE(nn.Module):
 
     # ------------------------------------------------------------------------------ sampling
     @torch.no_grad()
+    def initial_atoms(
+        self,
+        z: Tensor,
+        num_atoms: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        draw_types: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """What decoding starts from: the atom counts and the atom types drawn from A_z (count scheme).
+
+        Args:
+            z: [B, D] latents.
+            num_atoms: [B] force the atom counts (default: argmax of the N_a head, at least 1).
+            generator: torch.Generator on z's device for the type draw.
+            draw_types: False skips the draw (the types are then None).
+
+        Returns:
+            num_atoms [B] (long), batch [N] (crystal index of each atom), types [N] (Z) or None.
+        """
+        if num_atoms is None:
+            num_atoms = self.predict_num_atoms(z).float().argmax(-1).clamp(min=1)
+        batch = torch.repeat_interleave(torch.arange(z.shape[0], device=z.device), num_atoms)
+        if not draw_types:
+            return num_atoms, batch, None
+        probs = F.softmax(self.composition_logits(z, batch), -1)
+        return num_atoms, batch, sample_composition_types(probs, batch, num_atoms, generator=generator)
+
+    @torch.no_grad()
     def decode(
         self,
         z: Tensor,
@@ -232,16 +259,13 @@ class DPCDVAE(nn.Module):
             angles [B,3] deg.
         """
         sampler = self.process.check_sampling(sampler, steps)
-        if num_atoms is None:
-            num_atoms = self.predict_num_atoms(z).float().argmax(-1).clamp(min=1)
+        force_types = atom_types is not None
+        num_atoms, batch, drawn = self.initial_atoms(z, num_atoms, generator, draw_types=not force_types)
+        if not force_types:
+            atom_types = drawn
         _, lengths, angles = self.predict_lattice(z, num_atoms)
         lengths, angles = sanitize_lattice(lengths, angles)
         lattice = lattice_from_params(lengths, angles)
-        batch = torch.repeat_interleave(torch.arange(z.shape[0], device=z.device), num_atoms)
-        force_types = atom_types is not None
-        if not force_types:
-            probs = F.softmax(self.composition_logits(z, batch), -1)
-            atom_types = sample_composition_types(probs, batch, num_atoms, generator=generator)
         state = {"types": atom_types}
         initial_types = atom_types
         num_levels = self.process.num_levels
